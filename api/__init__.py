@@ -1,0 +1,1 @@
+"""HTTP only: FastAPI app factory, routers, request/response schemas, auth; and the `myopia` CLI."""

@@ -1,0 +1,1 @@
+"""Ray: the embedded local head and the job client; deployment files (images, cluster configs)."""

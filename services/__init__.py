@@ -1,0 +1,1 @@
+"""Control-plane logic: settings, store, planner, launcher and reconciler, results, scheduler, MLflow tracking."""

@@ -1,0 +1,73 @@
+"""DeepSpeed engines for Pythia models in either attention mode: CPU (gloo) and CUDA (nccl) on one code path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def data_dir() -> Path:
+    """Where fetched data, token shards and build caches live (MYOPIA_DATA_DIR, default ~/.myopia)."""
+    return Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")).expanduser()
+
+
+def configure_deepspeed_env() -> None:
+    """Must run before deepspeed is imported: the accelerator is chosen at import time."""
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    # DeepSpeed JIT-builds a shared-memory comm op on CPU (about a minute): build it once per data dir
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(data_dir() / "torch_extensions"))
+
+
+configure_deepspeed_env()
+import deepspeed  # noqa: E402
+from deepspeed.utils import set_z3_leaf_modules  # noqa: E402
+
+from trainers.myopic import MyopicGPTNeoXAttention  # noqa: E402
+
+
+def backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def ds_config(
+    *,
+    stage: int,
+    micro_batch: int,
+    grad_accum: int = 1,
+    world_size: int = 1,
+    precision: str = "fp32",
+    clip: float = 1.0,
+) -> dict[str, Any]:
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, not {stage!r}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world_size,
+        "gradient_clipping": clip,
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,  # a torch AdamW client optimizer: no JIT-built CPU Adam op
+        "steps_per_print": 2**31 - 1,
+    }
+
+
+def initialize(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]
+) -> deepspeed.DeepSpeedEngine:
+    """`deepspeed.initialize` for a model built by `trainers.models` (dist must be up, under a launcher)."""
+    if config["zero_optimization"]["stage"] == 3:
+        # the myopic attention reads its projection's weight itself: ZeRO-3 must gather per attention module
+        set_z3_leaf_modules(model, [MyopicGPTNeoXAttention])
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine
+
+
+def init_distributed() -> None:
+    deepspeed.init_distributed(dist_backend=backend())

@@ -1,0 +1,358 @@
+"""Myopic attention for GPT-NeoX: the forward of vanilla attention, the backward without past-position gradients.
+
+See SCIENCE.md. For the loss at query i, every attention layer sees the positions j < i only through tensors that
+carry no gradient back into them: the attention input x_j (variant `hidden`, the paper's) or the keys and values
+k_j, v_j (variant `kv`). `beta` scales the gradient through every edge from a query to an earlier position.
+
+The fused implementation runs one fused attention forward and backward (the kernels vanilla SDPA uses) and adds the
+O(T·d) diagonal terms, with p_ii = exp(s_ii - lse_i) from the kernel's log-sum-exp:
+
+    dK_diag_i = scale · p_ii · (dO_i·v_i − D_i) · q_i,   dV_diag_i = p_ii · dO_i,   D_i = dO_i·O_i
+
+It owns the QKV projection so that, in the `hidden` variant, the weight receives the vanilla dK, dV while the
+input receives only [dQ, dK_diag, dV_diag]: no second projection and no T×T tensor.
+
+The reference implementation (`impl="reference"`) is the paper-style one: explicit T×T scores and a second QKV
+projection on detached inputs, with edge scaling by beta, and an optional `cut` position for the brute-force
+oracle. It serves the tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, TypeVar
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedConfig
+from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, rotate_half
+
+AttentionMode = Literal["vanilla", "myopic"]
+Variant = Literal["hidden", "kv"]
+Impl = Literal["fused", "reference"]
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+@dataclass(frozen=True)
+class AttentionSettings:
+    mode: AttentionMode = "vanilla"
+    variant: Variant = "hidden"
+    beta: float = 0.0
+    impl: Impl = "fused"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("vanilla", "myopic"):
+            raise ValueError(f"attention must be 'vanilla' or 'myopic', not {self.mode!r}")
+        if self.variant not in ("hidden", "kv"):
+            raise ValueError(f"variant must be 'hidden' or 'kv', not {self.variant!r}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must lie in [0, 1], not {self.beta!r}")
+        if self.impl not in ("fused", "reference"):
+            raise ValueError(f"impl must be 'fused' or 'reference', not {self.impl!r}")
+
+
+def attention_settings(config: PreTrainedConfig) -> AttentionSettings:
+    """The settings a model's config records (vanilla when it records none, as in an original Pythia)."""
+    saved = getattr(config, "myopia", None) or {}
+    return AttentionSettings(**{k: v for k, v in saved.items() if k in ("mode", "variant", "beta")})
+
+
+def set_attention(
+    model: M,
+    mode: AttentionMode,
+    *,
+    variant: Variant = "hidden",
+    beta: float = 0.0,
+    impl: Impl = "fused",
+) -> M:
+    """Switch every attention layer of `model` to a mode, in place. Parameters and state_dict are untouched.
+
+    `model` is a GPT-NeoX model or any module holding one and exposing its `config`.
+    """
+    settings = AttentionSettings(mode, variant, float(beta), impl)
+    for module in model.modules():
+        if isinstance(module, GPTNeoXAttention):
+            module.__class__ = MyopicGPTNeoXAttention  # same parameters and buffers, another forward
+            module.myopia = settings
+            module.cut = None
+    model.config.myopia = {k: v for k, v in asdict(settings).items() if k != "impl"}
+    return model
+
+
+def set_cut(model: torch.nn.Module, position: int | None) -> None:
+    """Brute-force oracle support (reference impl): positions before `position` enter every layer detached."""
+    for module in model.modules():
+        if isinstance(module, MyopicGPTNeoXAttention):
+            module.cut = position
+
+
+# ----------------------------------------------------------------------------------------------- fused kernels
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """transformers' SDPA masks are boolean (True = attend); the fused ops take an additive float mask too."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -math.inf)
+
+
+def _fused_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]:
+    """(output, lse, kernel state) from the fused op vanilla SDPA would pick; lse is ln Σ_j exp(scaled s_ij)."""
+    causal = mask is None
+    if q.device.type == "cuda":
+        if mask is None and q.dtype in (torch.float16, torch.bfloat16):
+            out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+                q, k, v, 0.0, True, False, scale=scale
+            )
+            return out, lse, ("flash", cq, ck, mq, mk, seed, offset)
+        T = q.shape[-2]
+        if mask is None:  # the efficient kernel's backward needs a bias tensor: make the causal one explicit
+            mask = torch.full((T, T), -math.inf, dtype=q.dtype, device=q.device).triu_(1)[None, None]
+        # the kernel wants the bias's last dimension aligned to 16 elements: pad, then view the T columns
+        bias = mask.new_zeros(*mask.shape[:-1], -(-T // 16) * 16)[..., :T].copy_(mask)
+        out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, bias, True, 0.0, False, scale=scale
+        )
+        return out, lse[..., :T], ("efficient", bias, lse, seed, offset)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, causal, attn_mask=mask, scale=scale
+    )
+    return out, lse, ("cpu", mask, causal)
+
+
+def _fused_backward(
+    d_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    state: tuple[Any, ...],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    kind = state[0]
+    if kind == "flash":
+        _, cq, ck, mq, mk, seed, offset = state
+        return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            d_out, q, k, v, out, lse, cq, ck, mq, mk, 0.0, True, seed, offset, scale=scale
+        )
+    if kind == "efficient":
+        _, bias, full_lse, seed, offset = state
+        dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+            d_out, q, k, v, bias, out, full_lse, seed, offset, 0.0, [True, True, True, False], False, scale=scale
+        )
+        return dq, dk, dv
+    _, mask, causal = state
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        d_out, q, k, v, out, lse, 0.0, causal, attn_mask=mask, scale=scale
+    )
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Partial rotary embedding on the first cos.shape[-1] dims (as transformers' apply_rotary_pos_emb)."""
+    r = cos.shape[-1]
+    rot = x[..., :r] * cos + rotate_half(x[..., :r]) * sin
+    return torch.cat([rot, x[..., r:]], dim=-1)
+
+
+def _unrotate_grad_(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Backward of `_rotate` in place: rotate_half is antisymmetric, so its transpose is -rotate_half."""
+    r = cos.shape[-1]
+    g_rot = g[..., :r]
+    g_rot.copy_(g_rot * cos - rotate_half(g_rot * sin))
+    return g
+
+
+def _diagonal_terms(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    d_out: torch.Tensor,
+    lse: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dK_diag, dV_diag: the gradient of each position's own query's loss through its own key and value."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    s_ii = (q.to(acc) * k.to(acc)).sum(-1) * scale
+    if mask is not None:
+        s_ii = s_ii + mask.diagonal(dim1=-2, dim2=-1).to(acc)
+    lse = lse.to(acc)
+    # a query that sees no key (fully masked padding row) has lse = -inf and no gradient at all
+    p_ii = torch.where(torch.isfinite(lse), torch.exp(s_ii - lse), torch.zeros_like(lse))
+    d_delta = (d_out.to(acc) * out.to(acc)).sum(-1)
+    d_ov = (d_out.to(acc) * v.to(acc)).sum(-1)
+    dv_diag = (p_ii.unsqueeze(-1) * d_out.to(acc)).to(v.dtype)
+    dk_diag = ((scale * p_ii * (d_ov - d_delta)).unsqueeze(-1) * q.to(acc)).to(k.dtype)
+    return dk_diag, dv_diag
+
+
+class MyopicAttentionFunction(torch.autograd.Function):
+    """x, W_qkv, b_qkv → attention output (B, T, H, D), plus the rotated keys and values for a KV cache."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        num_heads: int,
+        scale: float,
+        variant: Variant,
+        beta: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        qkv = F.linear(x, weight, bias).view(B, T, num_heads, -1).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        out, lse, state = _fused_forward(q, k, v, mask, scale)
+        ctx.save_for_backward(x, weight, q, k, v, out, lse, cos, sin, mask)
+        ctx.state, ctx.scale, ctx.variant, ctx.beta = state, scale, variant, beta
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(k, v)
+        return out.transpose(1, 2), k, v
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor, _dk: Any, _dv: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        x, weight, q, k, v, out, lse, cos, sin, mask = ctx.saved_tensors
+        B, H, T, D = q.shape
+        d_out = d_out.transpose(1, 2)
+        dq, dk, dv = _fused_backward(d_out, q, k, v, out, lse, ctx.state, ctx.scale)
+        dk_diag, dv_diag = _diagonal_terms(q, k, v, out, d_out, lse, mask, ctx.scale)
+        if ctx.beta > 0.0:  # edges to earlier positions pass beta of their gradient
+            dk_diag = torch.lerp(dk_diag, dk, ctx.beta)
+            dv_diag = torch.lerp(dv_diag, dv, ctx.beta)
+
+        # one (B, T, H, 3D) buffer in the QKV projection's layout, filled per head as [q | k | v]
+        grad = q.new_empty(B, T, H, 3 * D)
+        grad[..., :D] = _unrotate_grad_(dq, cos, sin).transpose(1, 2)
+        if ctx.variant == "kv":
+            grad[..., D : 2 * D] = _unrotate_grad_(dk_diag, cos, sin).transpose(1, 2)
+            grad[..., 2 * D :] = dv_diag.transpose(1, 2)
+        else:  # hidden: the weight sees the vanilla dK, dV (live weights on detached past inputs)
+            grad[..., D : 2 * D] = _unrotate_grad_(dk, cos, sin).transpose(1, 2)
+            grad[..., 2 * D :] = dv.transpose(1, 2)
+        flat = grad.view(B * T, 3 * H * D)
+        d_weight = flat.t() @ x.reshape(B * T, -1) if ctx.needs_input_grad[1] else None
+        d_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        if ctx.variant == "hidden" and ctx.needs_input_grad[0]:  # the input sees only the myopic dK, dV
+            grad[..., D : 2 * D] = _unrotate_grad_(dk_diag, cos, sin).transpose(1, 2)
+            grad[..., 2 * D :] = dv_diag.transpose(1, 2)
+        d_x = (flat @ weight).view_as(x) if ctx.needs_input_grad[0] else None
+        return d_x, d_weight, d_bias, None, None, None, None, None, None, None
+
+
+# -------------------------------------------------------------------------------------- reference (paper-style)
+def _reference_attention(
+    module: MyopicGPTNeoXAttention,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Explicit T×T attention with past keys/values built from (1 − beta)·detached + beta·live inputs.
+
+    With `module.cut = c`, positions j < c use fully detached inputs and nothing else is special: running this
+    once per c and backpropagating the loss at c alone is SCIENCE.md's brute-force definition.
+    """
+    s = module.myopia
+    B, T, _ = x.shape
+    H, D = module.config.num_attention_heads, module.head_size
+
+    def project(inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        qkv = module.query_key_value(inp).view(B, T, H, 3 * D).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+    q, k, v = project(x)
+    if s.variant == "hidden":
+        _, k_det, v_det = project(x.detach())  # the paper's second projection
+    else:
+        k_det, v_det = k.detach(), v.detach()
+
+    acc = torch.promote_types(q.dtype, torch.float32)
+    idx = torch.arange(T, device=x.device)
+    if module.cut is not None:  # brute force: one cut position, no edge scaling
+        past = (idx < module.cut).view(1, 1, T, 1)
+        k_used, v_used = torch.where(past, k_det, k), torch.where(past, v_det, v)
+        scores = (q @ k_used.transpose(-1, -2)).to(acc)
+        diag_v = None
+    else:
+        k_mix = torch.lerp(k_det, k, s.beta)  # values equal k; gradient to earlier positions scaled by beta
+        v_used = torch.lerp(v_det, v, s.beta)
+        eye = idx[:, None] == idx[None, :]
+        s_diag = (q * k).sum(-1, keepdim=True).to(acc)
+        scores = torch.where(eye, s_diag, (q @ k_mix.transpose(-1, -2)).to(acc))
+        diag_v = v
+    scores = scores * module.scaling
+    if mask is None:
+        scores = scores.masked_fill(idx[None, :] > idx[:, None], -math.inf)
+    else:
+        scores = scores + _additive_mask(mask, acc)
+    # a query that sees no key (a padding row) outputs zeros, as the fused kernels do, with no NaN in backward
+    blind = torch.isneginf(scores).all(-1, keepdim=True)
+    probs = (torch.softmax(scores.masked_fill(blind, 0.0), dim=-1) * ~blind).to(q.dtype)
+    if diag_v is None:
+        out = probs @ v_used
+    else:
+        p_diag = probs.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)
+        out = (probs - torch.diag_embed(p_diag.squeeze(-1))) @ v_used + p_diag * diag_v
+    return out.transpose(1, 2)
+
+
+# ------------------------------------------------------------------------------------------------------ module
+class MyopicGPTNeoXAttention(GPTNeoXAttention):
+    """GPT-NeoX attention with a switchable backward; `set_attention` turns existing modules into this class.
+
+    Vanilla mode, and any forward without gradients (inference, `generate()` with its KV cache), run transformers'
+    own forward unchanged. With gradients enabled, myopic mode runs `MyopicAttentionFunction` (or the reference).
+    Under ZeRO-3 the module must be a leaf (`deepspeed.utils.set_z3_leaf_modules`) since it reads its
+    projection's weight directly: `trainers.engine` does that.
+    """
+
+    myopia: AttentionSettings
+    cut: int | None
+
+    def forward(  # type: ignore[override]
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        layer_past: Any = None,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        s = self.myopia
+        if s.mode == "vanilla" or not torch.is_grad_enabled():  # the forward is vanilla's in every mode
+            return super().forward(hidden_states, attention_mask, layer_past, position_embeddings, **kwargs)
+        if self.training and self.attention_dropout > 0:
+            raise ValueError("myopic attention needs attention_dropout = 0 (as in every Pythia config)")
+        if layer_past is not None and layer_past.get_seq_length(self.layer_idx) > 0:
+            raise ValueError(
+                "myopic gradients through a pre-filled KV cache are not defined: train with use_cache=False"
+            )
+        cos, sin = (t.unsqueeze(1) for t in position_embeddings)  # (B, 1, T, rotary dims)
+        if s.impl == "reference":
+            out = _reference_attention(self, hidden_states, cos, sin, attention_mask)
+            k = v = None
+        else:
+            out, k, v = MyopicAttentionFunction.apply(
+                hidden_states,
+                self.query_key_value.weight,
+                self.query_key_value.bias,
+                cos,
+                sin,
+                _additive_mask(attention_mask, hidden_states.dtype),
+                self.config.num_attention_heads,
+                self.scaling,
+                s.variant,
+                s.beta,
+            )
+        if layer_past is not None and k is not None:
+            layer_past.update(k, v, self.layer_idx)
+        out = self.dense(out.reshape(*hidden_states.shape[:-1], -1))
+        return out, None
