@@ -32,12 +32,17 @@ class ArmConfig:
     eval_sequences: int = 1024
 
 
+def check_matched(vanilla: ArmConfig, myopic: ArmConfig) -> None:
+    """Refuse two arms that differ in anything but the attention mode."""
+    a, b = asdict(vanilla), asdict(myopic)
+    differing = sorted(k for k in a if a[k] != b[k] and k != "attention")
+    if differing or (vanilla.attention, myopic.attention) != ("vanilla", "myopic"):
+        raise ValueError(f"a pair is one vanilla and one myopic arm, alike in all else; these differ in {differing}")
+
+
 def pair(config: ArmConfig) -> tuple[ArmConfig, ArmConfig]:
-    """The two arms of a pair; refuses anything that would make them differ but in the attention mode."""
     vanilla, myopic = replace(config, attention="vanilla"), replace(config, attention="myopic")
-    differing = {k for k, v in asdict(vanilla).items() if asdict(myopic)[k] != v}
-    if differing != {"attention"}:
-        raise ValueError(f"the arms of a pair may differ only in the attention mode, not in {sorted(differing)}")
+    check_matched(vanilla, myopic)
     return vanilla, myopic
 
 
@@ -80,10 +85,19 @@ def evaluate(model: RegressionGPTNeoX, config: ArmConfig) -> dict:
     return {"huber_over_p": per_position.mean().item(), "per_position": per_position.tolist()}
 
 
-def run_pair(config: ArmConfig, progress: Callable[[str, int, float], None] | None = None) -> dict:
-    results = {}
-    for arm in pair(config):
-        cb = (lambda s, loss, a=arm.attention: progress(a, s, loss)) if progress else None
-        results[arm.attention] = train_arm(arm, cb)
-    results["gap"] = results["myopic"]["huber_over_p"] - results["vanilla"]["huber_over_p"]
+def run_pair(
+    config: ArmConfig,
+    progress: Callable[[str, int, float], None] | None = None,
+    variants: tuple[Variant, ...] | None = None,
+) -> dict:
+    """Train the pair; with several `variants`, one myopic arm each against the one (shared) vanilla arm."""
+    arms = {"vanilla": pair(config)[0]}
+    for variant in variants or (config.variant,):
+        arms[f"myopic-{variant}" if variants else "myopic"] = pair(replace(config, variant=variant))[1]
+    results: dict = {}
+    for name, arm in arms.items():
+        cb = (lambda s, loss, n=name: progress(n, s, loss)) if progress else None
+        results[name] = train_arm(arm, cb)
+    base = results["vanilla"]["huber_over_p"]
+    results["gap"] = {name: r["huber_over_p"] - base for name, r in results.items() if name != "vanilla"}
     return results
