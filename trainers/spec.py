@@ -1,0 +1,219 @@
+"""RunSpec: everything one training run depends on, as one pydantic model (JSON in, JSON out).
+
+The control plane and the trainers meet only here: a run is fully determined by its spec (DESIGN.md). The two arms
+of a pair are two specs that differ in `attention.mode` alone; `check_matched` refuses anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.models import PYTHIA_SIZES, pythia_config, pythia_size
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    size: str = "14m"
+    vocab_size: int | None = Field(None, gt=0, description="None: Pythia's 50,304 (text) or unused (synthetic)")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="GPTNeoXConfig fields, e.g. num_hidden_layers")
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, v: str) -> str:
+        pythia_size(v)
+        return v
+
+    @model_validator(mode="after")
+    def _valid_overrides(self) -> ModelSpec:
+        pythia_config(self.size, vocab_size=self.vocab_size, **self.overrides)  # names unknown fields
+        return self
+
+
+class AttentionSpec(Strict):
+    mode: Literal["vanilla", "myopic"] = "vanilla"
+    variant: Literal["hidden", "kv"] = "hidden"
+    beta: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class ProtocolSpec(Strict):
+    kind: Literal["scratch", "finetune"] = "scratch"
+    checkpoint: str | None = Field(None, description="finetune: a Hugging Face hub id or a local checkpoint directory")
+
+    @model_validator(mode="after")
+    def _checkpoint_iff_finetune(self) -> ProtocolSpec:
+        if (self.kind == "finetune") != (self.checkpoint is not None):
+            raise ValueError("protocol 'finetune' needs a checkpoint, and 'scratch' takes none")
+        return self
+
+
+class SyntheticData(Strict):
+    kind: Literal["synthetic"] = "synthetic"
+    p: float = Field(0.5, gt=0.0, le=1.0)
+    b: float = Field(10.0, gt=0.0, description="sine frequency")
+    lags: int = Field(10, ge=1)
+
+
+class TextData(Strict):
+    kind: Literal["text"] = "text"
+    corpus: str = Field("wiki", description="a corpus name from `myopia data fetch`, or a text file or folder")
+
+
+class HFData(Strict):
+    kind: Literal["hf"] = "hf"
+    dataset: str = Field(description="hub id (where reachable) or a directory written by Dataset.save_to_disk")
+    split: str = "train"
+    text_field: str = "text"
+
+
+DataSpec = Annotated[SyntheticData | TextData | HFData, Field(discriminator="kind")]
+
+
+class TrainSpec(Strict):
+    steps: int = Field(1000, ge=1)
+    seq_len: int = Field(64, ge=2, le=2048)
+    micro_batch: int = Field(8, ge=1, description="sequences per worker per forward")
+    global_batch: int = Field(32, ge=1, description="sequences per optimizer step, all workers together")
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint_interval: int = Field(0, ge=0, description="steps between checkpoints; 0: only at the end")
+
+
+class OptimizerSpec(Strict):
+    lr: float | None = Field(None, gt=0.0, description="None: the size's Pythia learning rate")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    warmup_frac: float = Field(0.01, ge=0.0, lt=1.0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine decays to this fraction of lr")
+    clip: float = Field(1.0, ge=0.0, description="gradient-norm clipping; 0: none")
+
+
+class ResourceSpec(Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+
+
+class EvalSpec(Strict):
+    held_out_sequences: int = Field(256, ge=1)
+    interval: int = Field(0, ge=0, description="steps between evaluations; 0: only at the end")
+    per_position: bool = True
+    probes: bool = Field(True, description="synthetic data: linear probes of sin(b·x) per layer and lag")
+
+
+class TrackingSpec(Strict):
+    mlflow_uri: str | None = Field(None, description="None: no MLflow logging")
+    experiment: str = "myopia"
+    parent_run_id: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class RunSpec(Strict):
+    name: str | None = Field(None, description="run id; also the Ray Train run name (checkpoints resume by it)")
+    model: ModelSpec = ModelSpec()
+    attention: AttentionSpec = AttentionSpec()
+    protocol: ProtocolSpec = ProtocolSpec()
+    data: DataSpec = TextData()
+    train: TrainSpec = TrainSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    resources: ResourceSpec = ResourceSpec()
+    eval: EvalSpec = EvalSpec()
+    seed: int = 0
+    tracking: TrackingSpec = TrackingSpec()
+    storage_path: str | None = Field(None, description="Ray Train storage (checkpoints); None: the data dir")
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> RunSpec:
+        per_step = self.train.micro_batch * self.resources.workers
+        if self.train.global_batch % per_step:
+            raise ValueError(
+                f"train.global_batch ({self.train.global_batch}) must be a multiple of train.micro_batch × "
+                f"resources.workers ({per_step})"
+            )
+        if self.train.precision == "fp16" and self.resources.gpus_per_worker == 0:
+            raise ValueError("train.precision fp16 needs GPUs (resources.gpus_per_worker > 0); use fp32 or bf16")
+        return self
+
+    @property
+    def grad_accum(self) -> int:
+        return self.train.global_batch // (self.train.micro_batch * self.resources.workers)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr or PYTHIA_SIZES[self.model.size].lr
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the result: everything but naming, tracking and storage."""
+        return self.model_dump(mode="json", exclude={"name", "tracking", "storage_path"})
+
+    def config_hash(self) -> str:
+        return _hash(self.identity())
+
+    def pair_hash(self) -> str:
+        """Shared by the two arms of a pair: the identity without the attention mode."""
+        ident = self.identity()
+        ident["attention"].pop("mode")
+        return _hash(ident)
+
+    def arm(self, mode: Literal["vanilla", "myopic"]) -> RunSpec:
+        return self.model_copy(update={"attention": self.attention.model_copy(update={"mode": mode})})
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def check_matched(vanilla: RunSpec, myopic: RunSpec) -> None:
+    """Refuse a pair whose arms differ in anything but the attention mode (naming and tracking aside)."""
+    if (vanilla.attention.mode, myopic.attention.mode) != ("vanilla", "myopic"):
+        raise ValueError("a pair is one vanilla and one myopic arm")
+    a, b = _flatten(vanilla.identity()), _flatten(myopic.identity())
+    differing = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "attention.mode")
+    if differing:
+        raise ValueError(f"the arms of a pair may differ only in attention.mode, not in: {', '.join(differing)}")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def flat_params(spec: RunSpec) -> dict[str, str]:
+    """The spec as flat key → string pairs (MLflow params)."""
+    return {
+        k: json.dumps(v) if not isinstance(v, str) else v for k, v in _flatten(spec.model_dump(mode="json")).items()
+    }
+
+
+class SpecError(ValueError):
+    """A spec that cannot be read; the message names each bad field."""
+
+
+def parse_spec(text: str, source: str = "spec") -> RunSpec:
+    try:
+        return RunSpec.model_validate_json(text)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()]
+        raise SpecError(f"{source} is not a valid run spec:\n" + "\n".join(lines)) from None
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read spec {path}: {e.strerror}") from None
+    return parse_spec(text, str(path))

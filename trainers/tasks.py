@@ -1,0 +1,114 @@
+"""What differs between a text run and a D_p run: the model, the batches, the loss and the evaluation.
+
+Batches are pure functions of (seed, step) and the world size only decides which slice a rank takes, so both arms
+of a pair see the same data in the same order at any world size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainers import evaluate
+from trainers.data import TokenShards, global_batch_indices, shard, text_dataset
+from trainers.models import build_model, load_model, pythia_config
+from trainers.myopic import set_attention
+from trainers.spec import RunSpec, SyntheticData
+from trainers.synthetic import RegressionGPTNeoX, SyntheticTask
+
+EVAL_SEED = 999_999  # the held-out D_p set's own seed, never used for training batches
+
+
+class TextTask:
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.shards: TokenShards = text_dataset(spec.data, spec.train.seq_len)
+
+    def build_model(self) -> torch.nn.Module:
+        s, a = self.spec, self.spec.attention
+        if s.protocol.kind == "finetune":
+            return load_model(s.protocol.checkpoint, attention=a.mode, variant=a.variant, beta=a.beta)
+        return build_model(s.model.size, attention=a.mode, variant=a.variant, beta=a.beta,
+                           vocab_size=s.model.vocab_size, **s.model.overrides)  # fmt: skip
+
+    def micro_batches(self, step: int, rank: int, world: int) -> list[torch.Tensor]:
+        """This rank's micro-batches of token ids for optimizer step `step`."""
+        t = self.spec.train
+        idx = global_batch_indices(step, t.global_batch, self.shards.n_sequences("train"), self.spec.seed)
+        return [torch.from_numpy(self.shards.sequences("train", i)) for i in shard(idx, rank, world, t.micro_batch)]
+
+    def loss(self, model: Any, ids: torch.Tensor) -> torch.Tensor:
+        return model(ids, labels=ids, use_cache=False).loss
+
+    def tokens(self, batch: torch.Tensor) -> int:
+        return batch.numel()
+
+    def evaluate(self, model: Any, rank: int, world: int) -> dict:
+        n = min(self.spec.eval.held_out_sequences, self.shards.n_sequences("heldout"))
+        mine = np.arange(n)[rank::world]
+        mb = self.spec.train.micro_batch
+        batches = [
+            torch.from_numpy(self.shards.sequences("heldout", mine[i : i + mb])) for i in range(0, len(mine), mb)
+        ]
+        return evaluate.text_loss(model, batches, self.spec.train.seq_len)
+
+
+class DpTask:
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        d: SyntheticData = spec.data  # type: ignore[assignment]
+        self.task = SyntheticTask(p=d.p, b=d.b, lags=d.lags, seq_len=spec.train.seq_len)
+
+    def config(self):
+        return pythia_config(self.spec.model.size, vocab_size=1, **self.spec.model.overrides)
+
+    def build_model(self) -> torch.nn.Module:
+        a = self.spec.attention
+        return set_attention(RegressionGPTNeoX(self.config()), a.mode, variant=a.variant, beta=a.beta)
+
+    def micro_batches(self, step: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Fresh samples every step: the global batch is drawn from a generator seeded by (seed, step)."""
+        t = self.spec.train
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.spec.seed, step]).generate_state(1)[0]))
+        inputs, target, _ = self.task.sample(t.global_batch, g)
+        parts = shard(np.arange(t.global_batch), rank, world, t.micro_batch)
+        return [(inputs[p], target[p]) for p in parts]
+
+    def loss(self, model: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, target = batch
+        dtype = next(model.parameters()).dtype
+        return F.huber_loss(model(inputs.to(dtype)).float(), target, delta=1.0)
+
+    def tokens(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+        return batch[1].numel()
+
+    def held_out(self) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, target, _ = self.task.sample(
+            self.spec.eval.held_out_sequences, torch.Generator().manual_seed(EVAL_SEED)
+        )
+        return inputs, target
+
+    def evaluate(self, model: Any, rank: int, world: int) -> dict:
+        inputs, target = self.held_out()
+        dtype = next(model.parameters()).dtype
+        mb = self.spec.train.micro_batch
+        mine = np.arange(len(inputs))[rank::world]
+        batches = [(inputs[mine[i : i + mb]].to(dtype), target[mine[i : i + mb]]) for i in range(0, len(mine), mb)]
+        return evaluate.synthetic_loss(model, batches, self.task.p)
+
+    def probes(self, state_dict: dict[str, torch.Tensor]) -> list[dict]:
+        """Probe table for trained weights (a whole state dict) next to the untrained control of the same seed."""
+        inputs, _ = self.held_out()
+        torch.manual_seed(self.spec.seed)
+        control = self.build_model().eval()
+        trained = self.build_model().eval()
+        trained.load_state_dict({k: v.float() for k, v in state_dict.items()})
+        trained_r2 = evaluate.probe_r2(trained, inputs, self.task.b)
+        return evaluate.probe_table(trained_r2, evaluate.probe_r2(control, inputs, self.task.b))
+
+
+def make_task(spec: RunSpec) -> TextTask | DpTask:
+    return DpTask(spec) if spec.data.kind == "synthetic" else TextTask(spec)
