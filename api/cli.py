@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+import cluster.local  # noqa: F401  (before anything imports ray: keeps a local head on loopback)
 
 console = Console()
 
@@ -34,50 +37,55 @@ def zoo() -> None:
 
 @main.command()
 @click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True, help="optimizer steps per arm")
-@click.option("--p", "p", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True)
-@click.option("--b", "b", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
-              help="sine frequency (the paper's 10; 3 is learnable fast on a CPU)")  # fmt: skip
 @click.option("--variant", type=click.Choice(["hidden", "kv", "both"]), default="both", show_default=True,
               help="myopic variant(s), each trained against the same vanilla arm")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json-out", type=click.Path(dir_okay=False), help="also write the results here as JSON")
-def demo(steps: int, p: float, b: float, variant: str, seed: int, json_out: str | None) -> None:
-    """Train matched vanilla/myopic arms on the synthetic task D_p and print the myopia gap."""
-    from trainers.synthetic import SyntheticTask
-    from trainers.synthetic_pair import ArmConfig, run_pair
+def demo(steps: int, variant: str, json_out: str | None) -> None:
+    """Train matched vanilla/myopic arms on the synthetic task D_p (preset synthetic-cpu) and print the gap."""
+    from cluster.local import ensure_ray
+    from trainers.pair import run_pair
+    from trainers.paths import data_dir
+    from trainers.presets import preset
 
     variants = ("hidden", "kv") if variant == "both" else (variant,)
-    config = ArmConfig(task=SyntheticTask(p=p, b=b), steps=steps, seed=seed)
+    stamp = time.strftime("%Y%m%d-%H%M%S")  # fresh run names: a demo trains anew rather than resume the last one
+    spec = preset("synthetic-cpu", name=f"demo-{stamp}", train={"steps": steps, "checkpoint_interval": 0},
+                  tracking={"mlflow_uri": f"sqlite:///{data_dir() / 'mlflow.db'}", "experiment": "demo"})  # fmt: skip
+    t = spec.train
     console.print(
-        f"D_p (p={p}, b={b}, {config.task.lags} lags, T={config.task.seq_len}); GPT-NeoX 2 layers, d 128, 2 heads, "
-        f"ReLU; batch {config.batch}, lr {config.lr}, {steps} steps per arm; same init and batches in every arm"
+        f"D_p (p={spec.data.p}, b={spec.data.b}, {spec.data.lags} lags, T={t.seq_len}); GPT-NeoX 2 layers, d 128, "
+        f"2 heads, ReLU; batch {t.global_batch}, lr {spec.lr}, {steps} steps per arm; each arm a Ray Train run "
+        "with a DeepSpeed engine, same init and batches in every arm"
     )
+    ensure_ray()
     loss = TextColumn("loss {task.fields[loss]:.3f}")
     columns = (TextColumn("{task.description:>13}"), BarColumn(), MofNCompleteColumn(), loss, TimeElapsedColumn())
     names = ["vanilla", *(f"myopic-{v}" for v in variants)]
     with Progress(*columns, console=console) as progress:
         bars = {name: progress.add_task(name, total=steps, loss=float("nan")) for name in names}
         results = run_pair(
-            config, lambda arm, step, loss: progress.update(bars[arm], completed=step, loss=loss), variants
+            spec, variants, lambda arm, s: progress.update(bars[arm], completed=s["step"], loss=s["loss"])
         )
 
-    lags = config.task.lags
-    table = Table("arm", "held-out Huber/p", f"positions ≥ {lags}", "gap vs vanilla", "train time (s)",
+    lags = spec.data.lags
+    table = Table("arm", "held-out Huber/p", f"positions ≥ {lags}", "gap vs vanilla", "MLflow run",
                   title="D_p, held-out (predicting zero scores about 1.26)")  # fmt: skip
     for name in names:
-        r, late = results[name], results[name]["per_position"][lags:]
+        r, late = results[name], results[name]["eval"]["per_position"][lags:]
         gap = "" if name == "vanilla" else f"{results['gap'][name]:+.3f}"
-        table.add_row(name, f"{r['huber_over_p']:.3f}", f"{sum(late) / len(late):.3f}", gap, f"{r['seconds']:.0f}")
+        table.add_row(name, f"{r['eval']['huber_over_p']:.3f}", f"{sum(late) / len(late):.3f}", gap, r["mlflow_run_id"])
     console.print(table)
     console.print(
         "myopia gap = myopic − vanilla held-out Huber/p. The kv variant cuts every path from future losses into "
         "past positions; the hidden variant (the paper's) keeps the K/V weights' gradient, through which a model "
-        "can learn to read features that past positions computed for themselves."
+        "can learn to read features that past positions computed for themselves (docs/results.md)."
     )
+    console.print(f"MLflow: experiment 'demo' in {spec.tracking.mlflow_uri}; open the dashboard with "
+                  f"`.venv/bin/mlflow ui --backend-store-uri {spec.tracking.mlflow_uri}`")  # fmt: skip
     if json_out:
         os.makedirs(os.path.dirname(os.path.abspath(json_out)), exist_ok=True)
         with open(json_out, "w") as f:
-            json.dump({"config": repr(config), **results}, f, indent=1)
+            json.dump(results, f, indent=1)
         console.print(f"results written to {json_out}")
 
 

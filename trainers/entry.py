@@ -70,6 +70,8 @@ def run(
         watcher.start()
     try:
         result = trainer.fit()
+    except Exception as e:  # Ray Train raises once its retries (FailureConfig) are spent
+        raise RuntimeError(f"run {name} failed: {e}") from e
     finally:
         stop.set()
     if result.error:

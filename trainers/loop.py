@@ -97,7 +97,10 @@ def train_loop(config: dict[str, Any]) -> None:
     try:
         for step in range(start, steps):
             if fail_at_step is not None and step == fail_at_step and checkpoint is None:
-                os._exit(17)  # a hard crash, as a lost worker would be
+                # a hard crash, as a lost worker would be; after a pause, because Ray registers reported
+                # checkpoints asynchronously and the test wants to know which one the run resumes from
+                time.sleep(5)
+                os._exit(17)
             began, losses, tokens = time.perf_counter(), [], 0
             grad_norm = None
             for batch in task.micro_batches(step, rank, world):

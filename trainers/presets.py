@@ -79,11 +79,11 @@ PRESETS = {
 }
 
 
-def preset(name: str, size: str | None = None, **overrides: Any) -> RunSpec:
+def preset(preset_name: str, size: str | None = None, /, **overrides: Any) -> RunSpec:
     """A RunSpec from a named preset; `overrides` are top-level RunSpec fields merged section by section."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    base = PRESETS[name](size)
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; known: {', '.join(PRESETS)}")
+    base = PRESETS[preset_name](size)
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return RunSpec.model_validate(base)

@@ -14,8 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPTNeoXConfig, GPTNeoXModel
 
-from trainers.models import pythia_config
-
 
 @dataclass(frozen=True)
 class SyntheticTask:
@@ -40,19 +38,6 @@ class SyntheticTask:
         return torch.stack([x, z], dim=-1), y, z
 
 
-def regression_config(layers: int = 2, hidden: int = 128, heads: int = 2, seq_len: int = 64) -> GPTNeoXConfig:
-    """The paper's small model on the GPT-NeoX backbone: ReLU MLP, no token embeddings in use."""
-    return pythia_config(
-        "14m",
-        vocab_size=1,
-        num_hidden_layers=layers,
-        hidden_size=hidden,
-        num_attention_heads=heads,
-        hidden_act="relu",
-        max_position_embeddings=max(seq_len, 64),
-    )
-
-
 class RegressionGPTNeoX(nn.Module):
     """Linear (2 → d) in, GPT-NeoX layers (myopic-capable), linear (d → 1) out."""
 
@@ -67,7 +52,3 @@ class RegressionGPTNeoX(nn.Module):
         h = self.backbone(inputs_embeds=self.inp(inputs), use_cache=False, output_hidden_states=output_hidden_states)
         pred = self.out(h.last_hidden_state).squeeze(-1)
         return (pred, h.hidden_states) if output_hidden_states else pred
-
-
-def huber(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.huber_loss(pred, target, delta=1.0, reduction="none")

@@ -1,0 +1,100 @@
+"""Whole runs on a real local Ray head (loopback only): Ray Train workers, DeepSpeed engines, checkpoints, MLflow."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+
+from trainers import data as d
+from trainers.entry import run
+from trainers.presets import preset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Data dir (wiki fetched from the registry) and MLflow store; set before Ray starts so workers inherit it."""
+    root = tmp_path_factory.mktemp("myopia")
+    cache = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")) / "torch_extensions"
+    old = os.environ.get("MYOPIA_DATA_DIR")
+    os.environ["MYOPIA_DATA_DIR"] = str(root)
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(cache)  # DeepSpeed's JIT-built op: build once, not per test
+    d.fetch(["wiki"], root, log=lambda _: None)
+    from cluster.local import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield {"root": root, "mlflow": f"sqlite:///{root / 'mlflow.db'}"}
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("MYOPIA_DATA_DIR")
+    else:
+        os.environ["MYOPIA_DATA_DIR"] = old
+
+
+def tracked(env, experiment: str) -> dict:
+    return {"mlflow_uri": env["mlflow"], "experiment": experiment, "tags": {"sweep": "test"}}
+
+
+def test_text_pair_zero2_two_workers(env):
+    """Pythia-14m shape, the real tokenizer, the Wikipedia corpus, ZeRO-2 on 2 Ray Train workers, both arms."""
+    base = preset("text-cpu", train={"steps": 30, "checkpoint_interval": 15}, eval={"held_out_sequences": 64},
+                  tracking=tracked(env, "text-pair"))  # fmt: skip
+    results = {arm: run(base.arm(arm)) for arm in ("vanilla", "myopic")}
+    for arm, r in results.items():
+        ev = r["eval"]
+        assert len(ev["per_position"]) == 63 and ev["sequences"] == 64
+        assert math.log(50304) - 1.5 > ev["loss"] > 3, (arm, ev["loss"])  # learned something, far from done
+        files = os.listdir(Path(r["checkpoint"]) / "ckpt")
+        assert any("zero_pp_rank_1" in f for f in files), files  # both ranks' shards in the one checkpoint
+    gap = results["myopic"]["eval"]["loss"] - results["vanilla"]["eval"]["loss"]
+    print(f"text pair after 30 steps: vanilla {results['vanilla']['eval']['loss']:.4f}, gap {gap:+.4f}")
+
+    mlflow.set_tracking_uri(env["mlflow"])
+    runs = mlflow.search_runs(experiment_names=["text-pair"], output_format="list")
+    assert sorted(r.data.tags["arm"] for r in runs) == ["myopic", "vanilla"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["sweep"] == "test" and r.data.params["resources.zero_stage"] == "2"
+        assert r.data.params["config_hash"] == results[r.data.tags["arm"]]["config_hash"]
+        assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/loss"} <= r.data.metrics.keys()
+    assert len({r.data.tags["myopia.pair_hash"] for r in runs}) == 1
+
+
+def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(env):
+    base = preset("synthetic-cpu", train={"steps": 24, "checkpoint_interval": 8, "micro_batch": 32},
+                  resources={"workers": 2, "zero_stage": 2, "cpus_per_worker": 1},
+                  eval={"held_out_sequences": 128, "probes": False}, tracking=tracked(env, "resume"))  # fmt: skip
+    clean = run(base.model_copy(update={"name": "uninterrupted"}))
+    crashing = base.model_copy(update={"name": "crashed"})
+    with pytest.raises(RuntimeError, match="crashed failed"):
+        run(crashing, max_failures=0, fail_at_step=13)  # a worker dies after the step-8 checkpoint
+    resumed = run(crashing)  # a new job for the same run: resumes from step 8
+    assert resumed["eval"]["huber"] == pytest.approx(clean["eval"]["huber"], rel=1e-6, abs=1e-7)
+    assert resumed["eval"]["per_position"] == pytest.approx(clean["eval"]["per_position"], rel=1e-5, abs=1e-7)
+
+    client = mlflow.MlflowClient(env["mlflow"])
+    history = client.get_metric_history(resumed["mlflow_run_id"], "train/loss")
+    steps = sorted(m.step for m in history)
+    # steps 1-8 ran once, 9-13 twice (before the crash and after resuming from step 8), in one MLflow run
+    assert steps.count(1) == steps.count(8) == 1 and steps.count(9) == steps.count(13) == 2 and steps.count(14) == 1
+    assert client.get_run(resumed["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_short_synthetic_pair_separates_the_arms(env):
+    """The CI-sized version of the synthetic-cpu result: after 300 steps the arms are already apart."""
+    base = preset("synthetic-cpu", train={"steps": 300}, attention={"variant": "kv"},
+                  eval={"held_out_sequences": 512})  # fmt: skip
+    vanilla, myopic = run(base.arm("vanilla")), run(base.arm("myopic"))
+    v, m = vanilla["eval"]["huber_over_p"], myopic["eval"]["huber_over_p"]
+    assert v < 0.6 and m > 0.9, (v, m)
+    table = vanilla["probes"]
+    assert len(table) == 3 * 11 and {"r2", "r2_control", "selectivity"} <= table[0].keys()
+    by = {(row["layer"], row["lag"]): row for row in table}
+    assert by[(0, 0)]["r2_control"] < 0.05  # the input projection is linear in x: no sine in it
+    assert by[(1, 0)]["r2_control"] > 0.8  # random ReLU features of a scalar already span the sine (SCIENCE.md)

@@ -1,0 +1,40 @@
+"""The `myopia` CLI at its input boundary: bad specs and data give a clear error naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from api.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_train_refuses_a_bad_spec_naming_the_field(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"train": {"stepz": 10}, "attention": {"mode": "myopc"}}))
+    result = invoke("train", str(spec))
+    assert result.exit_code == 1
+    assert "train.stepz" in result.output and "attention.mode" in result.output
+
+
+def test_train_needs_exactly_one_source(tmp_path):
+    assert "give a SPEC_FILE or --preset" in invoke("train").output
+    assert "unknown preset 'nope'" in invoke("train", "--preset", "nope").output
+
+
+def test_data_prepare_names_a_missing_corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("MYOPIA_DATA_DIR", str(tmp_path))
+    result = invoke("data", "prepare", "sotu")
+    assert result.exit_code == 1 and "myopia data fetch sotu" in result.output
+    result = invoke("data", "fetch", "pile")
+    assert result.exit_code == 1 and "unknown corpus pile" in result.output
+
+
+def test_zoo_and_presets_list():
+    assert "2,775,208,960" in invoke("zoo").output
+    out = invoke("presets").output
+    assert all(name in out for name in ("synthetic-paper", "synthetic-cpu", "text-cpu", "pythia-paper"))

@@ -1,0 +1,84 @@
+"""RunSpec: JSON round trip, errors that name the field, matched pairs, hashes, presets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainers.presets import PRESETS, preset
+from trainers.spec import RunSpec, SpecError, check_matched, flat_params, load_spec, parse_spec
+
+
+def test_json_round_trip():
+    spec = preset("text-cpu", attention={"mode": "myopic", "variant": "kv", "beta": 0.25})
+    again = RunSpec.model_validate_json(spec.model_dump_json())
+    assert again == spec and again.config_hash() == spec.config_hash()
+
+
+@pytest.mark.parametrize(
+    "doc,names",
+    [
+        ({"train": {"stepz": 3}}, "train.stepz"),
+        ({"colour": "red"}, "colour"),
+        ({"model": {"size": "3b"}}, "3b"),
+        ({"model": {"overrides": {"hiden_size": 8}}}, "hiden_size"),
+        ({"data": {"kind": "synthetic", "p": 0}}, "data.synthetic.p"),
+        ({"data": {"kind": "tape"}}, "data"),
+        ({"attention": {"beta": 2}}, "attention.beta"),
+        ({"protocol": {"kind": "finetune"}}, "checkpoint"),
+        ({"train": {"micro_batch": 3, "global_batch": 8}}, "global_batch"),
+    ],
+)
+def test_bad_specs_name_what_is_wrong(doc, names):
+    with pytest.raises(SpecError, match=names.replace(".", r"\.")):
+        parse_spec(json.dumps(doc))
+
+
+def test_load_spec_errors_name_the_file(tmp_path):
+    with pytest.raises(SpecError, match="cannot read spec"):
+        load_spec(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(SpecError, match="bad.json is not a valid run spec"):
+        load_spec(bad)
+
+
+def test_arms_differ_only_in_attention_mode():
+    base = preset("synthetic-cpu")
+    vanilla, myopic = base.arm("vanilla"), base.arm("myopic")
+    check_matched(vanilla, myopic)
+    assert vanilla.pair_hash() == myopic.pair_hash() and vanilla.config_hash() != myopic.config_hash()
+    # naming and tracking are not part of a run's identity
+    named = myopic.model_copy(update={"name": "x", "tracking": myopic.tracking.model_copy(update={"experiment": "e"})})
+    check_matched(vanilla, named)
+
+    lr = myopic.model_copy(update={"optimizer": myopic.optimizer.model_copy(update={"lr": 1e-4})})
+    with pytest.raises(ValueError, match="optimizer.lr"):
+        check_matched(vanilla, lr)
+    warm = myopic.model_copy(update={"optimizer": myopic.optimizer.model_copy(update={"warmup_frac": 0.05})})
+    with pytest.raises(ValueError, match="optimizer.warmup_frac"):
+        check_matched(vanilla, warm)
+    with pytest.raises(ValueError, match="seed"):
+        check_matched(vanilla, myopic.model_copy(update={"seed": 1}))
+    with pytest.raises(ValueError, match="one vanilla and one myopic"):
+        check_matched(vanilla, vanilla)
+
+
+def test_lr_defaults_to_the_size():
+    assert preset("text-cpu", "160m").lr == 6e-4
+    assert preset("pythia-paper", "2.8b").lr == pytest.approx(0.4 * 1.6e-4)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_are_valid(name):
+    spec = preset(name)
+    assert spec.grad_accum >= 1
+    assert "optimizer.lr" in flat_params(spec)
+
+
+def test_synthetic_paper_is_the_papers_configuration():
+    s = preset("synthetic-paper")
+    assert (s.data.b, s.train.global_batch, s.optimizer.lr, s.train.steps) == (10.0, 512, 1e-3, 58_593)
+    assert s.model.overrides == {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2,
+                                 "hidden_act": "relu"}  # fmt: skip
