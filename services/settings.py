@@ -1,0 +1,34 @@
+"""Control-plane settings from the environment (prefix MYOPIA_), with embedded defaults for one machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MYOPIA_", extra="ignore")
+
+    data_dir: Path = Field(Path.home() / ".myopia", description="data, checkpoints, local stores")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir")
+    ray_address: str | None = Field(
+        None, validation_alias=AliasChoices("MYOPIA_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="a Ray cluster; default: start a local head on loopback",
+    )  # fmt: skip
+    mlflow_uri: str | None = Field(
+        None, validation_alias=AliasChoices("MYOPIA_MLFLOW_URI", "MLFLOW_TRACKING_URI"),
+        description="default: SQLite in the data dir, artifacts beside it",
+    )  # fmt: skip
+    api_token: str | None = Field(None, description="bearer token required by the API when set")
+    max_concurrent_runs: int = Field(2, ge=1)
+    max_attempts: int = Field(3, ge=1, description="attempts per run before it is failed")
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.expanduser() / 'myopia.db'}"
+
+    @property
+    def mlflow(self) -> str:
+        return self.mlflow_uri or f"sqlite:///{self.data_dir.expanduser() / 'mlflow.db'}"

@@ -1,0 +1,135 @@
+"""The control plane's database: sweeps, pairs, runs (with attempts and a status history) and schedules.
+
+SQLAlchemy 2 models; the schema is created and upgraded by Alembic (`services/migrations`), never by
+`create_all`, so a database written by an older version is migrated in place and nothing stored is lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sw"))
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    request: Mapped[dict] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id"))
+    previous_sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+    pairs: Mapped[list[Pair]] = relationship(back_populates="sweep", order_by="Pair.id")
+    runs: Mapped[list[Run]] = relationship(back_populates="sweep", order_by="Run.id")
+
+
+class Pair(Base):
+    __tablename__ = "pairs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("pr"))
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    size: Mapped[str] = mapped_column(String(10))
+    seed: Mapped[int] = mapped_column(Integer)
+    pair_hash: Mapped[str] = mapped_column(String(32))
+    sweep: Mapped[Sweep] = relationship(back_populates="pairs")
+    runs: Mapped[list[Run]] = relationship(back_populates="pair", order_by="Run.arm")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("run"))
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    pair_id: Mapped[str] = mapped_column(ForeignKey("pairs.id"), index=True)
+    arm: Mapped[str] = mapped_column(String(10))
+    spec: Mapped[dict] = mapped_column(JSON)
+    config_hash: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    submission_id: Mapped[str | None] = mapped_column(String(80))
+    result: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+    sweep: Mapped[Sweep] = relationship(back_populates="runs")
+    pair: Mapped[Pair] = relationship(back_populates="runs")
+    events: Mapped[list[RunEvent]] = relationship(back_populates="run", order_by="RunEvent.id")
+
+    def set_status(self, status: str, message: str | None = None) -> None:
+        """Change status and record it in the run's history (one row per change)."""
+        if status != self.status or message:  # (column defaults apply at flush: a new run has attempt None here)
+            self.events.append(RunEvent(attempt=self.attempt or 0, status=status, message=message))
+        self.status = status
+
+
+class RunEvent(Base):
+    __tablename__ = "run_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    run: Mapped[Run] = relationship(back_populates="events")
+
+
+class Schedule(Base):
+    __tablename__ = "schedules"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sch"))
+    name: Mapped[str] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(100))
+    template: Mapped[dict] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    last_fired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_sweep_id: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+def migrate(url: str) -> None:
+    """Create or upgrade the schema to the newest migration."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+def connect(url: str) -> sessionmaker:
+    """Migrate, then a session factory. SQLite gets foreign keys and a busy timeout (several threads write)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    migrate(url)
+    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    if url.startswith("sqlite"):
+        _sqlite_pragmas(engine)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
