@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from trainers.paths import data_dir
+from trainers.spec import HFData, TextData
 
 HELD_OUT_EVERY = 50  # one document in 50 (by a hash of its id) is held out: a fixed split, ~2% of the tokens
 EOS = 0  # Pythia's <|endoftext|>, between documents
@@ -374,13 +375,12 @@ def shard(batch: np.ndarray, rank: int, world: int, micro_batch: int) -> list[np
     return [mine[i : i + micro_batch] for i in range(0, per_rank, micro_batch)]
 
 
-def text_dataset(spec_data: object, seq_len: int, root: Path | None = None) -> TokenShards:
-    """Prepared shards for a TextData or HFData spec (tokenizing on first use)."""
-    kind = spec_data.kind  # type: ignore[attr-defined]
-    if kind == "text":
-        key, docs = read_documents(spec_data.corpus, root)  # type: ignore[attr-defined]
+def text_dataset(source: TextData | HFData, seq_len: int, root: Path | None = None) -> TokenShards:
+    """Prepared shards for a run's text source (tokenized on first use)."""
+    if source.kind == "text":
+        key, docs = read_documents(source.corpus, root)
     else:
-        key, docs = hf_documents(spec_data.dataset, spec_data.split, spec_data.text_field)  # type: ignore[attr-defined]
+        key, docs = hf_documents(source.dataset, source.split, source.text_field)
     path = (root or data_dir()) / "tokens" / key
     if not (path / "meta.json").exists():
         prepare(key, docs, root, log=lambda _: None)

@@ -25,7 +25,7 @@ EVAL_SEED = 999_999  # the held-out D_p set's own seed, never used for training 
 class TextTask:
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
-        self.shards: TokenShards = text_dataset(spec.data, spec.train.seq_len)
+        self.shards: TokenShards = text_dataset(spec.data, spec.train.seq_len)  # type: ignore[arg-type]
 
     def build_model(self) -> torch.nn.Module:
         s, a = self.spec, self.spec.attention
