@@ -1,0 +1,112 @@
+"""The FastAPI app factory: routes under /v1, bearer-token auth when a token is set, JSON errors with a message."""
+
+from __future__ import annotations
+
+import secrets
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.schemas import ErrorOut, RunOut, SweepOut
+from services import sweeps
+from services.planner import SweepRequest
+from services.settings import Settings
+from services.store import connect
+
+
+class UnauthorizedError(Exception):
+    pass
+
+
+def _error(code: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=code, content={"error": kind, "message": message})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.db = connect(settings.database)  # migrates: a restarted control plane finds its sweeps
+        yield
+
+    app = FastAPI(title="myopia", version="0.1.0", lifespan=lifespan,
+                  description="Scaling sweeps of myopic training: the myopia gap against model scale.")  # fmt: skip
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        def where(err: dict) -> str:
+            loc = [str(p) for p in err["loc"] if p not in ("body",)]
+            return ".".join(loc) or "body"
+
+        message = "; ".join(f"{where(err)}: {err['msg']}" for err in e.errors())
+        return JSONResponse(status_code=422, content={"error": "validation", "message": message,
+                                                      "detail": [{"field": where(e_), "message": e_["msg"]}
+                                                                 for e_ in e.errors()]})  # fmt: skip
+
+    @app.exception_handler(sweeps.NotFound)
+    async def _missing(_: Request, e: sweeps.NotFound) -> JSONResponse:
+        return _error(404, "not_found", str(e))
+
+    @app.exception_handler(ValueError)
+    async def _refused(_: Request, e: ValueError) -> JSONResponse:
+        return _error(422, "refused", str(e))
+
+    def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
+        if settings.api_token is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token, settings.api_token):
+            raise UnauthorizedError
+
+    @app.exception_handler(UnauthorizedError)
+    async def _unauthorized(_: Request, __: Exception) -> JSONResponse:
+        response = _error(401, "unauthorized", "a bearer token is required: Authorization: Bearer <token>")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)], responses={401: {"model": ErrorOut}})
+
+    @v1.post("/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepOut)
+    def create_sweep(body: SweepRequest, request: Request,
+                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):  # fmt: skip
+        sweep, created = sweeps.create_sweep(request.app.state.db, body, idempotency_key=idempotency_key,
+                                             mlflow_uri=settings.mlflow)  # fmt: skip
+        return JSONResponse(status_code=201 if created else 200, content=SweepOut.of(sweep).model_dump(mode="json"))
+
+    @v1.get("/sweeps", response_model=list[SweepOut])
+    def list_sweeps(request: Request):
+        return [SweepOut.of(s) for s in sweeps.list_sweeps(request.app.state.db)]
+
+    @v1.get("/sweeps/{sweep_id}", response_model=SweepOut, responses={404: {"model": ErrorOut}})
+    def get_sweep(sweep_id: str, request: Request):
+        return SweepOut.of(sweeps.get_sweep(request.app.state.db, sweep_id))
+
+    @v1.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut, responses={404: {"model": ErrorOut}})
+    def cancel_sweep(sweep_id: str, request: Request):
+        return SweepOut.of(sweeps.cancel_sweep(request.app.state.db, sweep_id))
+
+    @v1.get("/runs/{run_id}", response_model=RunOut, responses={404: {"model": ErrorOut}})
+    def get_run(run_id: str, request: Request):
+        return RunOut.of(sweeps.get_run(request.app.state.db, run_id), events=True)
+
+    app.include_router(v1)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(request: Request):
+        try:
+            with request.app.state.db() as s:
+                s.execute(text("SELECT 1"))
+        except Exception as e:  # noqa: BLE001 - readiness reports any failure
+            return _error(503, "not_ready", f"database: {e}")
+        return {"status": "ready", "database": "ok"}
+
+    return app

@@ -1,0 +1,99 @@
+"""Sweeps in the store: create (planned pairs and queued runs in one transaction), read, cancel."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from services.planner import SweepRequest, plan
+from services.store import Pair, Run, Sweep, new_id
+from trainers.spec import TrackingSpec
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class NotFound(LookupError):
+    pass
+
+
+def create_sweep(
+    db: sessionmaker,
+    request: SweepRequest,
+    *,
+    idempotency_key: str | None = None,
+    profile: str = "cpu",
+    mlflow_uri: str | None = None,
+) -> tuple[Sweep, bool]:
+    """(sweep, created). A key seen before returns the sweep it created, whatever the request now says."""
+    if idempotency_key:
+        existing = _by_key(db, idempotency_key)
+        if existing:
+            return existing, False
+    sweep_id = new_id("sw")
+    tracking = TrackingSpec(mlflow_uri=mlflow_uri, experiment=f"myopia/{request.name}", tags={"sweep": sweep_id})
+    planned = plan(request, sweep_id=sweep_id, profile=profile, tracking=tracking)  # refuses unmatched pairs
+    try:
+        with db.begin() as s:
+            sweep = Sweep(id=sweep_id, name=request.name, request=request.model_dump(mode="json"),
+                          idempotency_key=idempotency_key)  # fmt: skip
+            s.add(sweep)
+            for p in planned:
+                pair = Pair(id=new_id("pr"), sweep=sweep, size=p.size, seed=p.seed,
+                            pair_hash=next(iter(p.runs.values())).pair_hash())  # fmt: skip
+                for arm, spec in p.runs.items():
+                    spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
+                        update={"tags": {**spec.tracking.tags, "pair": pair.id}})})  # fmt: skip
+                    run = Run(id=spec.name, sweep=sweep, pair=pair, arm=arm, spec=spec.model_dump(mode="json"),
+                              config_hash=spec.config_hash())  # fmt: skip
+                    run.set_status("queued", "planned")
+                    s.add(run)  # (SQLAlchemy 2 does not cascade through the backref assignment above)
+    except IntegrityError:
+        if idempotency_key and (existing := _by_key(db, idempotency_key)):  # the same key, concurrently
+            return existing, False
+        raise
+    return get_sweep(db, sweep_id), True
+
+
+def _by_key(db: sessionmaker, key: str) -> Sweep | None:
+    with db() as s:
+        sweep = s.scalars(select(Sweep).where(Sweep.idempotency_key == key)).one_or_none()
+        return get_sweep(db, sweep.id) if sweep else None
+
+
+def _loaded(s: Session):
+    return select(Sweep).options(selectinload(Sweep.runs).selectinload(Run.events), selectinload(Sweep.pairs))
+
+
+def get_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
+    with db() as s:
+        sweep = s.scalars(_loaded(s).where(Sweep.id == sweep_id)).one_or_none()
+        if sweep is None:
+            raise NotFound(f"no sweep {sweep_id!r}")
+        return sweep
+
+
+def list_sweeps(db: sessionmaker, limit: int = 100) -> list[Sweep]:
+    with db() as s:
+        return list(s.scalars(_loaded(s).order_by(Sweep.created_at.desc()).limit(limit)))
+
+
+def get_run(db: sessionmaker, run_id: str) -> Run:
+    with db() as s:
+        run = s.scalars(select(Run).options(selectinload(Run.events)).where(Run.id == run_id)).one_or_none()
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        return run
+
+
+def cancel_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
+    """Mark the sweep and its unfinished runs cancelled; the reconciler stops their jobs."""
+    with db.begin() as s:
+        sweep = s.get(Sweep, sweep_id)
+        if sweep is None:
+            raise NotFound(f"no sweep {sweep_id!r}")
+        for run in sweep.runs:
+            if run.status not in TERMINAL:
+                run.set_status("cancelled", "sweep cancelled")
+        sweep.status = "cancelled"
+    return get_sweep(db, sweep_id)

@@ -1,0 +1,120 @@
+"""The REST API over real HTTP: uvicorn on loopback, a real SQLite store migrated by Alembic."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from api.app import create_app
+from services.settings import Settings
+
+REQUEST = {"name": "ladder", "sizes": ["14m", "70m"], "seeds": [0, 1], "dataset": {"kind": "text", "corpus": "wiki"},
+           "train": {"steps": 10}}  # fmt: skip
+
+
+class Server:
+    """uvicorn in a thread; stop() and start() again on the same database, as a restarted control plane."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = Server(Settings(data_dir=tmp_path, mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")).start()
+    yield srv
+    srv.stop()
+
+
+def test_submit_list_get_cancel(server):
+    with httpx.Client(base_url=server.url) as c:
+        r = c.post("/v1/sweeps", json=REQUEST)
+        assert r.status_code == 201, r.text
+        sweep = r.json()
+        assert sweep["status"] == "queued" and len(sweep["runs"]) == 8
+        assert {(x["size"], x["seed"], x["arm"]) for x in sweep["runs"]} == {
+            (s, seed, arm) for s in ("14m", "70m") for seed in (0, 1) for arm in ("vanilla", "myopic")}  # fmt: skip
+        assert all(x["status"] == "queued" for x in sweep["runs"])
+        assert [x["id"] for x in c.get("/v1/sweeps").json()] == [sweep["id"]]
+        assert c.get(f"/v1/sweeps/{sweep['id']}").json()["runs"] == sweep["runs"]
+        run = c.get(f"/v1/runs/{sweep['runs'][0]['id']}").json()
+        assert [e["status"] for e in run["events"]] == ["queued"]
+        cancelled = c.post(f"/v1/sweeps/{sweep['id']}/cancel").json()
+        assert cancelled["status"] == "cancelled" and {x["status"] for x in cancelled["runs"]} == {"cancelled"}
+        assert c.get("/v1/sweeps/sw-nope").status_code == 404
+        assert c.get("/v1/runs/run-nope").json()["error"] == "not_found"
+
+
+def test_idempotency_key_returns_the_same_sweep(server):
+    with httpx.Client(base_url=server.url) as c:
+        first = c.post("/v1/sweeps", json=REQUEST, headers={"Idempotency-Key": "abc"})
+        again = c.post("/v1/sweeps", json={**REQUEST, "seeds": [7]}, headers={"Idempotency-Key": "abc"})
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert again.json()["id"] == first.json()["id"] and len(again.json()["runs"]) == 8
+        assert len(c.get("/v1/sweeps").json()) == 1
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"sizes": ["3b"]}, "sizes.0"),
+        ({"seeds": []}, "seeds"),
+        ({"dataset": {"kind": "synthetic", "p": 0}}, "dataset.synthetic.p"),
+        ({"sizes": []}, "sizes"),
+        ({"arms": ["vanilla", "vanilla"]}, "arms"),
+        ({"train": {"steps": -1}}, "train.steps"),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field(server, change, field):
+    r = httpx.post(f"{server.url}/v1/sweeps", json={**REQUEST, **change})
+    assert r.status_code == 422
+    body = r.json()
+    assert body["error"] == "validation" and field in body["message"]
+    assert any(d["field"] == field for d in body["detail"])
+    assert httpx.get(f"{server.url}/v1/sweeps").json() == []  # nothing stored
+
+
+def test_bearer_token(tmp_path):
+    srv = Server(Settings(data_dir=tmp_path, api_token="s3cret")).start()
+    try:
+        assert httpx.get(f"{srv.url}/v1/sweeps").status_code == 401
+        wrong = httpx.get(f"{srv.url}/v1/sweeps", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+        ok = httpx.get(f"{srv.url}/v1/sweeps", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200  # probes need no token
+    finally:
+        srv.stop()
+
+
+def test_a_restarted_control_plane_finds_its_sweeps(server):
+    sweep = httpx.post(f"{server.url}/v1/sweeps", json=REQUEST).json()
+    server.stop()
+    server.start()
+    assert httpx.get(f"{server.url}/v1/sweeps/{sweep['id']}").json()["runs"] == sweep["runs"]
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "database": "ok"}
+    assert "/v1/sweeps" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
