@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from api.schemas import ErrorOut, RunOut, SweepOut
-from services import sweeps
+from services import results, sweeps
 from services.planner import SweepRequest
 from services.settings import Settings
 from services.store import connect
@@ -89,6 +89,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @v1.post("/sweeps/{sweep_id}/cancel", response_model=SweepOut, responses={404: {"model": ErrorOut}})
     def cancel_sweep(sweep_id: str, request: Request):
         return SweepOut.of(sweeps.cancel_sweep(request.app.state.db, sweep_id))
+
+    @v1.get("/sweeps/{sweep_id}/results", responses={404: {"model": ErrorOut}})
+    def sweep_results(sweep_id: str, request: Request) -> dict:
+        return results.sweep_results(request.app.state.db, sweep_id)
+
+    @v1.get("/sweeps/{sweep_id}/results.png", responses={200: {"content": {"image/png": {}}}})
+    def sweep_results_png(sweep_id: str, request: Request) -> Response:
+        return Response(results.gap_plot(results.sweep_results(request.app.state.db, sweep_id)),
+                        media_type="image/png")  # fmt: skip
 
     @v1.get("/runs/{run_id}", response_model=RunOut, responses={404: {"model": ErrorOut}})
     def get_run(run_id: str, request: Request):

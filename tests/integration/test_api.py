@@ -118,3 +118,33 @@ def test_a_restarted_control_plane_finds_its_sweeps(server):
     assert httpx.get(f"{server.url}/v1/sweeps/{sweep['id']}").json()["runs"] == sweep["runs"]
     assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "database": "ok"}
     assert "/v1/sweeps" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+
+
+def test_results_document_and_plot(server, tmp_path):
+    """Finished runs' results (as trainers.entry returns them) turn into per-size gaps, a fit and a PNG."""
+    from scipy import stats
+
+    from services.store import Run, connect
+
+    body = {**REQUEST, "sizes": ["14m", "160m", "1b"], "seeds": [0, 1, 2]}
+    sweep = httpx.post(f"{server.url}/v1/sweeps", json=body).json()
+    vanilla = {"14m": 4.11, "160m": 3.03, "1b": 2.62}
+    gap = {"14m": 0.16, "160m": 0.10, "1b": 0.16}
+    db = connect(server.settings.database)
+    with db.begin() as s:
+        for run in s.query(Run).filter(Run.sweep_id == sweep["id"]):
+            size, seed = run.spec["model"]["size"], run.spec["seed"]
+            loss = vanilla[size] + 0.01 * seed + (gap[size] + 0.02 * (seed - 1) ** 2 if run.arm == "myopic" else 0)
+            run.result = {"eval": {"loss": loss, "per_position": [loss] * 63}}
+            run.set_status("succeeded")
+    out = httpx.get(f"{server.url}/v1/sweeps/{sweep['id']}/results").json()
+    assert [s["size"] for s in out["sizes"]] == ["14m", "160m", "1b"]
+    for s in out["sizes"]:
+        diffs = [gap[s["size"]] + 0.02 * (seed - 1) ** 2 for seed in range(3)]
+        ci = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+        assert s["n_pairs"] == 3 and s["gap_mean"] == pytest.approx(sum(diffs) / 3)
+        assert s["gap_ci95"] == pytest.approx([ci.low, ci.high])
+    assert out["fit"]["n_points"] == 3 and len(out["pairs"]) == 9
+    png = httpx.get(f"{server.url}/v1/sweeps/{sweep['id']}/results.png")
+    assert png.headers["content-type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "results.png").write_bytes(png.content)

@@ -1,0 +1,114 @@
+"""A sweep's results from its finished runs: the gap per pair, per size (mean, paired 95% interval), the fit
+against scale, and the plots (gap against non-embedding parameters; gap per position)."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sqlalchemy.orm import sessionmaker  # noqa: E402
+
+from services.gap_stats import GapFit, SizeGap, fit_gap, size_gap  # noqa: E402
+from services.sweeps import get_sweep  # noqa: E402
+from trainers.models import PYTHIA_SIZES  # noqa: E402
+
+
+def _loss(result: dict[str, Any]) -> float:
+    ev = result["eval"]
+    return ev["huber_over_p"] if "huber_over_p" in ev else ev["loss"]
+
+
+def pair_gaps(db: sessionmaker, sweep_id: str) -> list[dict[str, Any]]:
+    """One row per pair whose two runs both succeeded: losses, gap, and the gap per position."""
+    sweep = get_sweep(db, sweep_id)
+    arms: dict[str, dict[str, Any]] = defaultdict(dict)
+    for run in sweep.runs:
+        if run.status == "succeeded" and run.result:
+            arms[run.pair_id][run.arm] = run
+    rows = []
+    for pair in sweep.pairs:
+        done = arms.get(pair.id, {})
+        if {"vanilla", "myopic"} <= done.keys():
+            v, m = done["vanilla"].result, done["myopic"].result
+            pv, pm = v["eval"].get("per_position") or [], m["eval"].get("per_position") or []
+            rows.append({
+                "pair_id": pair.id, "size": pair.size, "seed": pair.seed,
+                "n_params_nonembedding": PYTHIA_SIZES[pair.size].n_params_nonembedding(),
+                "vanilla_loss": _loss(v), "myopic_loss": _loss(m), "gap": _loss(m) - _loss(v),
+                "gap_per_position": [b - a for a, b in zip(pv, pm, strict=False)],
+            })  # fmt: skip
+    return rows
+
+
+def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
+    """The API's results document: per size (in scale order), the fit, and the pairs behind them."""
+    rows = pair_gaps(db, sweep_id)
+    by_size: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_size[row["size"]].append(row)
+    sizes: list[SizeGap] = [
+        size_gap(
+            size,
+            PYTHIA_SIZES[size].n_params_nonembedding(),
+            [r["vanilla_loss"] for r in group],
+            [r["myopic_loss"] for r in group],
+        )  # fmt: skip
+        for size, group in sorted(by_size.items(), key=lambda kv: PYTHIA_SIZES[kv[0]].n_params_nonembedding())
+    ]
+    fit: GapFit | None = fit_gap(sizes)
+    return {
+        "sweep_id": sweep_id,
+        "sizes": [s.model_dump() for s in sizes],
+        "fit": fit.model_dump() if fit else None,
+        "pairs": rows,
+    }
+
+
+def gap_plot(results: dict[str, Any]) -> bytes:
+    """PNG: the gap against non-embedding parameters (mean with 95% interval, each pair, the fit) and the mean
+    gap per position for each size."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    sizes = results["sizes"]
+    for row in results["pairs"]:
+        ax1.scatter(row["n_params_nonembedding"], row["gap"], color="grey", s=12, alpha=0.6)
+    if sizes:
+        x = [s["n_params_nonembedding"] for s in sizes]
+        y = [s["gap_mean"] for s in sizes]
+        err = [[s["gap_mean"] - (s["gap_ci95"] or (s["gap_mean"],) * 2)[0] for s in sizes],
+               [(s["gap_ci95"] or (s["gap_mean"],) * 2)[1] - s["gap_mean"] for s in sizes]]  # fmt: skip
+        ax1.errorbar(x, y, yerr=err, fmt="o-", capsize=4, label="mean gap, 95% CI")
+        for s in sizes:
+            ax1.annotate(s["size"], (s["n_params_nonembedding"], s["gap_mean"]), textcoords="offset points",
+                         xytext=(4, 4), fontsize=8)  # fmt: skip
+    if results["fit"]:
+        f = results["fit"]
+        xs = np.logspace(np.log10(min(x)), np.log10(max(x)), 50)
+        lo, hi = f["slope_ci95"]
+        label = f"fit: slope {f['slope']:+.3f} per decade [{lo:+.3f}, {hi:+.3f}]"
+        ax1.plot(xs, f["intercept"] + f["slope"] * np.log10(xs), "--", label=label)
+    ax1.axhline(0, color="black", lw=0.5)
+    ax1.set(xscale="log", xlabel="non-embedding parameters", ylabel="myopia gap (myopic − vanilla)",
+            title="myopia gap against scale")  # fmt: skip
+    ax1.legend(fontsize=8)
+    per_size: dict[str, list[list[float]]] = defaultdict(list)
+    for row in results["pairs"]:
+        if row["gap_per_position"]:
+            per_size[row["size"]].append(row["gap_per_position"])
+    for size, curves in sorted(per_size.items(), key=lambda kv: PYTHIA_SIZES[kv[0]].n_params_nonembedding()):
+        n = min(len(c) for c in curves)
+        ax2.plot([sum(c[i] for c in curves) / len(curves) for i in range(n)], label=size)
+    ax2.axhline(0, color="black", lw=0.5)
+    ax2.set(xlabel="position", ylabel="gap", title="gap per position (mean over seeds)")
+    if per_size:
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
