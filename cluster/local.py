@@ -19,17 +19,22 @@ if not os.environ.get("RAY_ADDRESS"):
 import ray  # noqa: E402
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS if set, else start a local head on loopback (stopped when the process exits)."""
+def ensure_ray(num_cpus: int | None = None, *, jobs: bool = False) -> str | None:
+    """Connect to RAY_ADDRESS if set, else start a local head on loopback (stopped when the process exits).
+
+    With `jobs`, the local head also runs the dashboard's job server (on 127.0.0.1); returns its address.
+    """
+    global _jobs_address
     if ray.is_initialized():
-        return
+        return _jobs_address if jobs else None
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
-        return
-    ray.init(
+        return os.environ.get("RAY_JOBS_ADDRESS") or os.environ["RAY_ADDRESS"]
+    context = ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
-        include_dashboard=False,
+        include_dashboard=jobs,
+        dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
         logging_level=logging.WARNING,
@@ -38,3 +43,8 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if outside:
         ray.shutdown()
         raise RuntimeError(f"the local Ray head bound {outside}, not loopback: import cluster.local before ray")
+    _jobs_address = f"http://{context.dashboard_url}" if jobs else None
+    return _jobs_address
+
+
+_jobs_address: str | None = None  # the job server of the head this process started

@@ -1,0 +1,121 @@
+"""The reconciler: brings Ray jobs in line with the store, one tick at a time (one reconciler per control plane).
+
+Each tick polls the jobs of active runs into the store, retries failed attempts (a new attempt resumes from the
+run's last checkpoint: same run name, same storage), stops the jobs of cancelled runs, submits queued runs within
+the concurrency limit, and derives each sweep's status. Job ids are `<run id>-a<attempt>`: after a restart, a queued
+run whose job already exists is adopted, never submitted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from ray.job_submission import JobStatus
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cluster.jobs import ACTIVE, Jobs, submission_id
+from services.store import Run, Sweep
+
+RUNNING_STATES = ("submitted", "running")
+
+
+class Reconciler:
+    def __init__(self, db: sessionmaker, jobs: Jobs, work_dir: Path, *, max_concurrent: int = 2,
+                 max_attempts: int = 3, job_env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.db, self.jobs, self.max_concurrent, self.max_attempts = db, jobs, max_concurrent, max_attempts
+        self.work_dir = work_dir
+        self.job_env = job_env or {}
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------------------------------------ ticking
+    def tick(self) -> None:
+        with self.db.begin() as s:
+            active = list(s.scalars(select(Run).where(Run.status.in_(RUNNING_STATES))))
+            for run in active:
+                self._poll(run)
+            for run in s.scalars(select(Run).where(Run.status == "cancelled", Run.submission_id.is_not(None))):
+                self.jobs.stop(run.submission_id)
+            busy = sum(r.status in RUNNING_STATES for r in active)
+            queued = s.scalars(select(Run).where(Run.status == "queued").order_by(Run.created_at, Run.id))
+            for run in queued:
+                if busy >= self.max_concurrent:
+                    break
+                self._submit(run)
+                busy += 1
+            self._sweep_statuses(s)
+
+    def run_forever(self, interval: float = 2.0) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - keep reconciling; the next tick retries
+                import logging
+
+                logging.getLogger(__name__).exception("reconciler tick failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------------------------------------ a run
+    def _paths(self, run: Run) -> tuple[Path, Path]:
+        d = self.work_dir / "jobs"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{run.id}.spec.json", d / f"{submission_id(run.id, run.attempt)}.result.json"
+
+    def _submit(self, run: Run) -> None:
+        sid = submission_id(run.id, run.attempt)
+        if self.jobs.status(sid) is None:  # else: submitted before a crash of the control plane; adopt it
+            spec_path, result_path = self._paths(run)
+            spec_path.write_text(json.dumps(run.spec))
+            self.jobs.submit(sid, str(spec_path), str(result_path), self.job_env)
+        run.submission_id = sid
+        run.set_status("submitted", sid)
+
+    def _poll(self, run: Run) -> None:
+        status = self.jobs.status(run.submission_id)
+        if status in ACTIVE:
+            if status == JobStatus.RUNNING:
+                run.set_status("running")
+            return
+        if status == JobStatus.SUCCEEDED:
+            _, result_path = self._paths(run)
+            try:
+                run.result = json.loads(result_path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                return self._failed(run, f"the job succeeded but left no readable result: {e}")
+            run.error = None
+            run.set_status("succeeded")
+            return
+        why = "its job is gone (cluster restarted?)" if status is None else f"job {status.value}"
+        self._failed(run, f"{why}: {self.jobs.logs(run.submission_id)[-2000:]}" if status else why)
+
+    def _failed(self, run: Run, error: str) -> None:
+        run.error = error
+        if run.attempt + 1 < self.max_attempts:
+            run.attempt += 1
+            run.set_status("queued", f"retry: {error[:200]}")  # resumes from the run's latest checkpoint
+        else:
+            run.set_status("failed", error[:500])
+
+    def retry(self, run_id: str) -> None:
+        """A failed or cancelled run goes back to the queue as a new attempt (resuming from its checkpoint)."""
+        with self.db.begin() as s:
+            run = s.get(Run, run_id)
+            if run.status in RUNNING_STATES or run.status == "queued":
+                raise ValueError(f"run {run_id} is {run.status}; only a finished run can be retried")
+            run.attempt += 1
+            run.set_status("queued", "retry requested")
+
+    @staticmethod
+    def _sweep_statuses(s: Session) -> None:
+        for sweep in s.scalars(select(Sweep).where(Sweep.status.in_(("queued", "running")))):
+            states = {r.status for r in sweep.runs}
+            if states <= {"succeeded"}:
+                sweep.status = "succeeded"
+            elif states <= {"succeeded", "failed", "cancelled"}:
+                sweep.status = "failed" if "failed" in states else "cancelled"
+            elif states & {"submitted", "running"} or "succeeded" in states:
+                sweep.status = "running"

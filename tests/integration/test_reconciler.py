@@ -1,0 +1,91 @@
+"""The reconciler against a real local Ray head with its job server: sweeps run as Ray jobs, end to end."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from cluster.jobs import Jobs
+from services.planner import SweepRequest
+from services.reconciler import Reconciler
+from services.results import sweep_results
+from services.store import connect
+from services.sweeps import cancel_sweep, create_sweep, get_sweep
+
+pytestmark = pytest.mark.slow
+
+TINY = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2}
+SWEEP = {
+    "name": "tiny",
+    "sizes": ["14m"],
+    "seeds": [0],
+    "dataset": {"kind": "synthetic", "p": 0.5, "b": 3.0},
+    "train": {"steps": 12, "batch_size": 16, "eval_sequences": 32, "model_overrides": TINY},
+}
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cp")
+    cache = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")) / "torch_extensions"
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(cache)
+    from cluster.local import ensure_ray
+
+    address = ensure_ray(num_cpus=2, jobs=True)
+    yield {"root": root, "jobs": Jobs(address)}
+    ray.shutdown()
+
+
+def reconciler(head, db, **kw) -> Reconciler:
+    # the job's driver and its Ray Train worker each hold a CPU of the two: one run at a time
+    env = {"MYOPIA_DATA_DIR": str(head["root"])}
+    return Reconciler(db, head["jobs"], head["root"], max_concurrent=1, job_env=env, **kw)
+
+
+def until(predicate, timeout: float = 400, step: float = 2.0, tick=None):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        if tick:
+            tick()
+        time.sleep(step)
+
+
+def spec_with_cpus(request: dict) -> SweepRequest:
+    return SweepRequest.model_validate(request)
+
+
+def test_a_sweep_runs_as_ray_jobs_and_survives_a_restart(head, tmp_path):
+    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
+    sweep, _ = create_sweep(db, spec_with_cpus(SWEEP), mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = reconciler(head, db)
+    first.tick()  # submits the first run
+    until(lambda: any(r.status == "running" for r in get_sweep(db, sweep.id).runs), tick=first.tick, timeout=120)
+    # the control plane dies here; a new one (same store) adopts the job instead of submitting it again
+    second = reconciler(head, db)
+    until(lambda: get_sweep(db, sweep.id).status in ("succeeded", "failed"), tick=second.tick)
+    done = get_sweep(db, sweep.id)
+    assert done.status == "succeeded", [(r.arm, r.status, r.error) for r in done.runs]
+    ids = [sid for sid in head["jobs"].submission_ids() if sid.startswith(sweep.id)]
+    assert sorted(ids) == sorted(f"{r.id}-a0" for r in done.runs)  # one job per run: nothing twice
+    results = sweep_results(db, sweep.id)
+    assert results["sizes"][0]["n_pairs"] == 1 and results["pairs"][0]["gap"] == pytest.approx(
+        results["pairs"][0]["myopic_loss"] - results["pairs"][0]["vanilla_loss"])  # fmt: skip
+
+
+def test_cancel_stops_the_job(head, tmp_path):
+    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
+    long = {**SWEEP, "train": {**SWEEP["train"], "steps": 5000}}
+    sweep, _ = create_sweep(db, spec_with_cpus(long), mlflow_uri=None)
+    rec = reconciler(head, db)
+    rec.tick()
+    until(lambda: any(r.status == "running" for r in get_sweep(db, sweep.id).runs), tick=rec.tick, timeout=120)
+    sid = next(r.submission_id for r in get_sweep(db, sweep.id).runs if r.submission_id)
+    cancel_sweep(db, sweep.id)
+    rec.tick()
+    until(lambda: head["jobs"].status(sid).value in ("STOPPED", "FAILED"), timeout=60)
+    assert {r.status for r in get_sweep(db, sweep.id).runs} == {"cancelled"}
