@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(e, file=sys.stderr)
         return 2
-    result = run(spec)
+    # fault injection for tests of the control plane: this job crashes at that step unless it resumes
+    fail_at = os.environ.get("MYOPIA_FAIL_AT_STEP")
+    result = run(spec, fail_at_step=int(fail_at), max_failures=0) if fail_at else run(spec)
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text)

@@ -89,3 +89,19 @@ def test_cancel_stops_the_job(head, tmp_path):
     rec.tick()
     until(lambda: head["jobs"].status(sid).value in ("STOPPED", "FAILED"), timeout=60)
     assert {r.status for r in get_sweep(db, sweep.id).runs} == {"cancelled"}
+
+
+def test_a_failed_attempt_is_retried_and_resumes_from_its_checkpoint(head, tmp_path):
+    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
+    request = {**SWEEP, "arms": ["myopic"], "train": {**SWEEP["train"], "checkpoint_interval": 4}}
+    sweep, _ = create_sweep(db, SweepRequest.model_validate(request), mlflow_uri=None)
+    env = {"MYOPIA_DATA_DIR": str(head["root"]), "MYOPIA_FAIL_AT_STEP": "6"}  # crashes once: after step 4's checkpoint
+    rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, job_env=env)
+    until(lambda: get_sweep(db, sweep.id).status in ("succeeded", "failed"), tick=rec.tick)
+    (run,) = get_sweep(db, sweep.id).runs
+    # the injected crash fires only in a run without a checkpoint: success at attempt 1 means it resumed
+    assert run.status == "succeeded" and run.attempt == 1, run.error
+    assert head["jobs"].status(f"{run.id}-a0").value == "FAILED"
+    assert [e.status for e in run.events][:3] == ["queued", "submitted", "running"]
+    assert any(e.status == "queued" and e.message.startswith("retry") for e in run.events)
+    assert run.result["steps"] == 12 and run.result["name"] == run.id
