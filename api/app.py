@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import secrets
+import threading
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 
 from api.schemas import ErrorOut, RunOut, SweepOut
+from cluster.jobs import Jobs
 from services import results, sweeps
 from services.planner import SweepRequest
+from services.reconciler import Reconciler
 from services.settings import Settings
 from services.store import connect
 
@@ -26,13 +29,23 @@ def _error(code: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=code, content={"error": kind, "message": message})
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> FastAPI:
+    """The app; with `jobs` (a Ray job server) it also runs the reconciler that executes the sweeps."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.db = connect(settings.database)  # migrates: a restarted control plane finds its sweeps
+        app.state.reconciler = None
+        if jobs is not None:
+            rec = Reconciler(app.state.db, jobs, settings.data_dir.expanduser(),
+                             max_concurrent=settings.max_concurrent_runs, max_attempts=settings.max_attempts,
+                             job_env={"MYOPIA_DATA_DIR": str(settings.data_dir.expanduser())})  # fmt: skip
+            threading.Thread(target=rec.run_forever, name="reconciler", daemon=True).start()
+            app.state.reconciler = rec
         yield
+        if app.state.reconciler:
+            app.state.reconciler.stop()
 
     app = FastAPI(title="myopia", version="0.1.0", lifespan=lifespan,
                   description="Scaling sweeps of myopic training: the myopia gap against model scale.")  # fmt: skip
@@ -102,6 +115,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @v1.get("/runs/{run_id}", response_model=RunOut, responses={404: {"model": ErrorOut}})
     def get_run(run_id: str, request: Request):
         return RunOut.of(sweeps.get_run(request.app.state.db, run_id), events=True)
+
+    @v1.get("/runs/{run_id}/logs", response_class=PlainTextResponse, responses={404: {"model": ErrorOut}})
+    def run_logs(run_id: str, request: Request) -> str:
+        run = sweeps.get_run(request.app.state.db, run_id)
+        if jobs is None or run.submission_id is None:
+            return ""
+        return jobs.logs(run.submission_id)
+
+    @v1.post("/runs/{run_id}/cancel", response_model=RunOut, responses={404: {"model": ErrorOut}})
+    def cancel_run(run_id: str, request: Request):
+        return RunOut.of(sweeps.cancel_run(request.app.state.db, run_id), events=True)
+
+    @v1.post("/runs/{run_id}/retry", response_model=RunOut, responses={404: {"model": ErrorOut}})
+    def retry_run(run_id: str, request: Request):
+        return RunOut.of(sweeps.retry_run(request.app.state.db, run_id), events=True)
 
     app.include_router(v1)
 

@@ -121,6 +121,24 @@ def train(spec_file, preset_name, size, arm, steps, mlflow_uri, out) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+def serve(host: str, port: int) -> None:
+    """The control plane: REST API, reconciler, and (unless RAY_ADDRESS is set) a local loopback Ray head."""
+    import uvicorn
+
+    from api.app import create_app
+    from cluster.jobs import Jobs
+    from cluster.local import ensure_ray
+    from services.settings import Settings
+
+    settings = Settings()
+    address = ensure_ray(jobs=True)
+    console.print(f"Ray jobs at {address}; database {settings.database}; MLflow {settings.mlflow}")
+    uvicorn.run(create_app(settings, Jobs(address)), host=host, port=port, log_level="info")
+
+
+@main.command()
 def presets() -> None:
     """The named run presets."""
     from trainers.presets import PRESETS

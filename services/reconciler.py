@@ -100,15 +100,6 @@ class Reconciler:
         else:
             run.set_status("failed", error[:500])
 
-    def retry(self, run_id: str) -> None:
-        """A failed or cancelled run goes back to the queue as a new attempt (resuming from its checkpoint)."""
-        with self.db.begin() as s:
-            run = s.get(Run, run_id)
-            if run.status in RUNNING_STATES or run.status == "queued":
-                raise ValueError(f"run {run_id} is {run.status}; only a finished run can be retried")
-            run.attempt += 1
-            run.set_status("queued", "retry requested")
-
     @staticmethod
     def _sweep_statuses(s: Session) -> None:
         for sweep in s.scalars(select(Sweep).where(Sweep.status.in_(("queued", "running")))):

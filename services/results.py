@@ -16,12 +16,18 @@ from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from services.gap_stats import GapFit, SizeGap, fit_gap, size_gap  # noqa: E402
 from services.sweeps import get_sweep  # noqa: E402
-from trainers.models import PYTHIA_SIZES  # noqa: E402
+from trainers.models import PYTHIA_SIZES, count_params  # noqa: E402
 
 
 def _loss(result: dict[str, Any]) -> float:
     ev = result["eval"]
     return ev["huber_over_p"] if "huber_over_p" in ev else ev["loss"]
+
+
+def _nonembedding(spec: dict[str, Any]) -> int:
+    """Of the model the run trained: the size's shape with the sweep's config overrides."""
+    model = spec["model"]
+    return count_params(model["size"], vocab_size=model.get("vocab_size"), **model.get("overrides", {}))[1]
 
 
 def pair_gaps(db: sessionmaker, sweep_id: str) -> list[dict[str, Any]]:
@@ -39,7 +45,7 @@ def pair_gaps(db: sessionmaker, sweep_id: str) -> list[dict[str, Any]]:
             pv, pm = v["eval"].get("per_position") or [], m["eval"].get("per_position") or []
             rows.append({
                 "pair_id": pair.id, "size": pair.size, "seed": pair.seed,
-                "n_params_nonembedding": PYTHIA_SIZES[pair.size].n_params_nonembedding(),
+                "n_params_nonembedding": _nonembedding(done["vanilla"].spec),
                 "vanilla_loss": _loss(v), "myopic_loss": _loss(m), "gap": _loss(m) - _loss(v),
                 "gap_per_position": [b - a for a, b in zip(pv, pm, strict=False)],
             })  # fmt: skip
@@ -55,11 +61,11 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
     sizes: list[SizeGap] = [
         size_gap(
             size,
-            PYTHIA_SIZES[size].n_params_nonembedding(),
+            group[0]["n_params_nonembedding"],
             [r["vanilla_loss"] for r in group],
             [r["myopic_loss"] for r in group],
         )  # fmt: skip
-        for size, group in sorted(by_size.items(), key=lambda kv: PYTHIA_SIZES[kv[0]].n_params_nonembedding())
+        for size, group in sorted(by_size.items(), key=lambda kv: kv[1][0]["n_params_nonembedding"])
     ]
     fit: GapFit | None = fit_gap(sizes)
     return {

@@ -97,3 +97,29 @@ def cancel_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
                 run.set_status("cancelled", "sweep cancelled")
         sweep.status = "cancelled"
     return get_sweep(db, sweep_id)
+
+
+def cancel_run(db: sessionmaker, run_id: str) -> Run:
+    """Mark one run cancelled; the reconciler stops its job."""
+    with db.begin() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        if run.status not in TERMINAL:
+            run.set_status("cancelled", "run cancelled")
+    return get_run(db, run_id)
+
+
+def retry_run(db: sessionmaker, run_id: str) -> Run:
+    """A failed or cancelled run goes back to the queue as a new attempt (it resumes from its checkpoint)."""
+    with db.begin() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r}")
+        if run.status not in ("failed", "cancelled"):
+            raise ValueError(f"run {run_id} is {run.status}; only a failed or cancelled run can be retried")
+        run.attempt += 1
+        run.set_status("queued", "retry requested")
+        if run.sweep.status in TERMINAL:
+            run.sweep.status = "running"
+    return get_run(db, run_id)

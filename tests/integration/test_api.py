@@ -145,6 +145,19 @@ def test_results_document_and_plot(server, tmp_path):
         assert s["n_pairs"] == 3 and s["gap_mean"] == pytest.approx(sum(diffs) / 3)
         assert s["gap_ci95"] == pytest.approx([ci.low, ci.high])
     assert out["fit"]["n_points"] == 3 and len(out["pairs"]) == 9
+    assert [s["n_params_nonembedding"] for s in out["sizes"]] == [1_189_888, 85_056_000, 805_736_448]
     png = httpx.get(f"{server.url}/v1/sweeps/{sweep['id']}/results.png")
     assert png.headers["content-type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "results.png").write_bytes(png.content)
+
+
+def test_cancel_and_retry_one_run(server):
+    with httpx.Client(base_url=server.url) as c:
+        run_id = c.post("/v1/sweeps", json=REQUEST).json()["runs"][0]["id"]
+        refused = c.post(f"/v1/runs/{run_id}/retry")
+        assert refused.status_code == 422 and "only a failed or cancelled run" in refused.json()["message"]
+        assert c.post(f"/v1/runs/{run_id}/cancel").json()["status"] == "cancelled"
+        again = c.post(f"/v1/runs/{run_id}/retry").json()
+        assert (again["status"], again["attempt"]) == ("queued", 1)
+        assert [e["status"] for e in again["events"]] == ["queued", "cancelled", "queued"]
+        assert c.get(f"/v1/runs/{run_id}/logs").text == ""  # never submitted: no job, no logs

@@ -73,6 +73,7 @@ def test_a_sweep_runs_as_ray_jobs_and_survives_a_restart(head, tmp_path):
     ids = [sid for sid in head["jobs"].submission_ids() if sid.startswith(sweep.id)]
     assert sorted(ids) == sorted(f"{r.id}-a0" for r in done.runs)  # one job per run: nothing twice
     results = sweep_results(db, sweep.id)
+    assert results["sizes"][0]["n_params_nonembedding"] == 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64  # the overrides
     assert results["sizes"][0]["n_pairs"] == 1 and results["pairs"][0]["gap"] == pytest.approx(
         results["pairs"][0]["myopic_loss"] - results["pairs"][0]["vanilla_loss"])  # fmt: skip
 
