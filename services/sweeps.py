@@ -65,6 +65,13 @@ def _loaded(s: Session):
     return select(Sweep).options(selectinload(Sweep.runs).selectinload(Run.events), selectinload(Sweep.pairs))
 
 
+def _require(s: Session, model: type[Sweep] | type[Run], key: str):
+    obj = s.get(model, key)
+    if obj is None:
+        raise NotFound(f"no {model.__tablename__[:-1]} {key!r}")
+    return obj
+
+
 def get_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
     with db() as s:
         sweep = s.scalars(_loaded(s).where(Sweep.id == sweep_id)).one_or_none()
@@ -89,9 +96,7 @@ def get_run(db: sessionmaker, run_id: str) -> Run:
 def cancel_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
     """Mark the sweep and its unfinished runs cancelled; the reconciler stops their jobs."""
     with db.begin() as s:
-        sweep = s.get(Sweep, sweep_id)
-        if sweep is None:
-            raise NotFound(f"no sweep {sweep_id!r}")
+        sweep = _require(s, Sweep, sweep_id)
         for run in sweep.runs:
             if run.status not in TERMINAL:
                 run.set_status("cancelled", "sweep cancelled")
@@ -102,9 +107,7 @@ def cancel_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
 def cancel_run(db: sessionmaker, run_id: str) -> Run:
     """Mark one run cancelled; the reconciler stops its job."""
     with db.begin() as s:
-        run = s.get(Run, run_id)
-        if run is None:
-            raise NotFound(f"no run {run_id!r}")
+        run = _require(s, Run, run_id)
         if run.status not in TERMINAL:
             run.set_status("cancelled", "run cancelled")
     return get_run(db, run_id)
@@ -113,9 +116,7 @@ def cancel_run(db: sessionmaker, run_id: str) -> Run:
 def retry_run(db: sessionmaker, run_id: str) -> Run:
     """A failed or cancelled run goes back to the queue as a new attempt (it resumes from its checkpoint)."""
     with db.begin() as s:
-        run = s.get(Run, run_id)
-        if run is None:
-            raise NotFound(f"no run {run_id!r}")
+        run = _require(s, Run, run_id)
         if run.status not in ("failed", "cancelled"):
             raise ValueError(f"run {run_id} is {run.status}; only a failed or cancelled run can be retried")
         run.attempt += 1
