@@ -212,5 +212,11 @@ def _train(spec) -> dict:
         return run(spec, on_progress=lambda s: progress.update(bar, completed=s["step"], loss=s["loss"]))
 
 
+from api.client_cli import run as _run_group  # noqa: E402
+from api.client_cli import sweep as _sweep_group  # noqa: E402
+
+main.add_command(_sweep_group, "sweep")
+main.add_command(_run_group, "run")
+
 if __name__ == "__main__":
     sys.exit(main())

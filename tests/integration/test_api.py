@@ -161,3 +161,31 @@ def test_cancel_and_retry_one_run(server):
         assert (again["status"], again["attempt"]) == ("queued", 1)
         assert [e["status"] for e in again["events"]] == ["queued", "cancelled", "queued"]
         assert c.get(f"/v1/runs/{run_id}/logs").text == ""  # never submitted: no job, no logs
+
+
+def test_the_cli_drives_the_api(server, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    monkeypatch.setenv("MYOPIA_API_URL", server.url)
+    cli = CliRunner()
+    request = tmp_path / "sweep.json"
+    request.write_text(__import__("json").dumps(REQUEST))
+    out = cli.invoke(main, ["sweep", "submit", str(request), "--key", "k"]).output
+    assert "8 runs, queued" in out
+    sweep_id = out.split()[1].rstrip(":")
+    assert sweep_id in cli.invoke(main, ["sweep", "list"]).output
+    shown = cli.invoke(main, ["sweep", "show", sweep_id]).output
+    run_id = next(w for w in shown.split() if w.startswith(sweep_id + "-14m-s0-"))
+    assert "cancelled" in cli.invoke(main, ["run", "cancel", run_id]).output
+    assert "queued (attempt 1)" in cli.invoke(main, ["run", "retry", run_id]).output
+    assert "retry requested" in cli.invoke(main, ["run", "show", run_id]).output
+    assert "cancelled" in cli.invoke(main, ["sweep", "cancel", sweep_id]).output
+    assert "myopia gap" in cli.invoke(main, ["sweep", "results", sweep_id]).output
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "sizes": ["3b"], "seeds": [0]}')
+    failed = cli.invoke(main, ["sweep", "submit", str(bad)])
+    assert failed.exit_code == 1 and "422" in failed.output and "sizes.0" in failed.output
+    monkeypatch.setenv("MYOPIA_API_URL", "http://127.0.0.1:9")
+    assert "cannot reach the control plane" in cli.invoke(main, ["sweep", "list"]).output

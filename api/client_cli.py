@@ -1,0 +1,151 @@
+"""`myopia sweep …` and `myopia run …`: the REST API from the command line (MYOPIA_API_URL, MYOPIA_API_TOKEN)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _call(method: str, path: str, **kw: Any) -> httpx.Response:
+    url = os.environ.get("MYOPIA_API_URL", "http://127.0.0.1:8000")
+    token = os.environ.get("MYOPIA_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.request(method, url + path, headers={**headers, **kw.pop("headers", {})}, timeout=60, **kw)
+    except httpx.HTTPError as e:
+        raise click.ClickException(
+            f"cannot reach the control plane at {url}: {e} (is `myopia serve` running?)"
+        ) from None
+    if r.status_code >= 400:
+        try:
+            message = r.json().get("message", r.text)
+        except ValueError:
+            message = r.text
+        raise click.ClickException(f"{r.status_code}: {message}")
+    return r
+
+
+def _runs_table(sweep: dict[str, Any]) -> Table:
+    table = Table("run", "size", "seed", "arm", "status", "attempt", title=f"{sweep['id']} {sweep['name']}: "
+                  f"{sweep['status']}")  # fmt: skip
+    for r in sweep["runs"]:
+        table.add_row(r["id"], r["size"], str(r["seed"]), r["arm"], r["status"], str(r["attempt"]))
+    return table
+
+
+def _results_table(res: dict[str, Any]) -> Table:
+    table = Table("size", "non-embedding params", "pairs", "vanilla", "myopic", "gap", "95% CI", title="myopia gap")
+    for s in res["sizes"]:
+        ci = "-" if s["gap_ci95"] is None else f"[{s['gap_ci95'][0]:+.4f}, {s['gap_ci95'][1]:+.4f}]"
+        table.add_row(s["size"], f"{s['n_params_nonembedding']:,}", str(s["n_pairs"]), f"{s['vanilla_loss_mean']:.4f}",
+                      f"{s['myopic_loss_mean']:.4f}", f"{s['gap_mean']:+.4f}", ci)  # fmt: skip
+    return table
+
+
+@click.group()
+def sweep() -> None:
+    """Scaling sweeps on the control plane."""
+
+
+@sweep.command("submit")
+@click.argument("request_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", help="Idempotency-Key: submitting the same key again returns the same sweep")
+@click.option("--wait", is_flag=True, help="follow the sweep until it ends, then print the gap table")
+def sweep_submit(request_file: str, key: str | None, wait: bool) -> None:
+    """Submit the sweep request in REQUEST_FILE (JSON)."""
+    try:
+        body = json.loads(Path(request_file).read_text())
+    except json.JSONDecodeError as e:
+        raise click.ClickException(f"{request_file} is not JSON: {e}") from None
+    s = _call("POST", "/v1/sweeps", json=body, headers={"Idempotency-Key": key} if key else {}).json()
+    console.print(f"sweep {s['id']}: {len(s['runs'])} runs, {s['status']}")
+    if wait:
+        with console.status("running") as status:
+            while s["status"] not in TERMINAL:
+                time.sleep(5)
+                s = _call("GET", f"/v1/sweeps/{s['id']}").json()
+                done = sum(r["status"] in TERMINAL for r in s["runs"])
+                status.update(f"{s['status']}: {done}/{len(s['runs'])} runs finished")
+        console.print(_runs_table(s))
+        console.print(_results_table(_call("GET", f"/v1/sweeps/{s['id']}/results").json()))
+
+
+@sweep.command("list")
+def sweep_list() -> None:
+    table = Table("sweep", "name", "status", "runs", "created")
+    for s in _call("GET", "/v1/sweeps").json():
+        table.add_row(s["id"], s["name"], s["status"], str(len(s["runs"])), s["created_at"][:19])
+    console.print(table)
+
+
+@sweep.command("show")
+@click.argument("sweep_id")
+def sweep_show(sweep_id: str) -> None:
+    console.print(_runs_table(_call("GET", f"/v1/sweeps/{sweep_id}").json()))
+
+
+@sweep.command("cancel")
+@click.argument("sweep_id")
+def sweep_cancel(sweep_id: str) -> None:
+    console.print(f"sweep {sweep_id}: {_call('POST', f'/v1/sweeps/{sweep_id}/cancel').json()['status']}")
+
+
+@sweep.command("results")
+@click.argument("sweep_id")
+@click.option("--png", type=click.Path(dir_okay=False), help="also save the plot here")
+def sweep_results(sweep_id: str, png: str | None) -> None:
+    res = _call("GET", f"/v1/sweeps/{sweep_id}/results").json()
+    console.print(_results_table(res))
+    if res["fit"]:
+        f = res["fit"]
+        console.print(f"fit: gap = {f['intercept']:+.4f} {f['slope']:+.4f} · log10(params), slope 95% CI "
+                      f"[{f['slope_ci95'][0]:+.4f}, {f['slope_ci95'][1]:+.4f}], R² {f['r_squared']:.3f}")  # fmt: skip
+    if png:
+        Path(png).write_bytes(_call("GET", f"/v1/sweeps/{sweep_id}/results.png").content)
+        console.print(f"plot: {png}")
+
+
+@click.group()
+def run() -> None:
+    """Single runs of a sweep."""
+
+
+@run.command("show")
+@click.argument("run_id")
+def run_show(run_id: str) -> None:
+    r = _call("GET", f"/v1/runs/{run_id}").json()
+    console.print(f"{r['id']} ({r['arm']}, {r['size']}, seed {r['seed']}): {r['status']}, attempt {r['attempt']}")
+    for e in r["events"]:
+        console.print(f"  {e['at'][:19]}  attempt {e['attempt']}  {e['status']}  {e['message'] or ''}")
+    if r["error"]:
+        console.print(f"error: {r['error']}")
+
+
+@run.command("logs")
+@click.argument("run_id")
+def run_logs(run_id: str) -> None:
+    click.echo(_call("GET", f"/v1/runs/{run_id}/logs").text)
+
+
+@run.command("cancel")
+@click.argument("run_id")
+def run_cancel(run_id: str) -> None:
+    console.print(f"run {run_id}: {_call('POST', f'/v1/runs/{run_id}/cancel').json()['status']}")
+
+
+@run.command("retry")
+@click.argument("run_id")
+def run_retry(run_id: str) -> None:
+    r = _call("POST", f"/v1/runs/{run_id}/retry").json()
+    console.print(f"run {run_id}: {r['status']} (attempt {r['attempt']})")
