@@ -12,13 +12,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 
-from api.schemas import ErrorOut, RunOut, SweepOut
+from api.schemas import ErrorOut, RunOut, ScheduleOut, SweepOut
 from cluster.jobs import Jobs
-from services import results, sweeps
+from services import results, scheduler, sweeps
 from services.planner import SweepRequest
 from services.reconciler import Reconciler
 from services.settings import Settings
 from services.store import connect
+
+
+def _every(interval: float, fn, stop: threading.Event) -> None:
+    """Call fn every interval seconds until stop is set; a failing call is logged and retried next time."""
+    while not stop.wait(interval):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001
+            import logging
+
+            logging.getLogger("myopia").exception("periodic task failed")
 
 
 class UnauthorizedError(Exception):
@@ -37,15 +48,17 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
     async def lifespan(app: FastAPI):
         app.state.db = connect(settings.database)  # migrates: a restarted control plane finds its sweeps
         app.state.reconciler = None
+        stop = threading.Event()
+        threading.Thread(target=_every, args=(30.0, lambda: scheduler.tick(app.state.db, mlflow_uri=settings.mlflow),
+                                              stop), name="scheduler", daemon=True).start()  # fmt: skip
         if jobs is not None:
             rec = Reconciler(app.state.db, jobs, settings.data_dir.expanduser(),
                              max_concurrent=settings.max_concurrent_runs, max_attempts=settings.max_attempts,
                              job_env={"MYOPIA_DATA_DIR": str(settings.data_dir.expanduser())})  # fmt: skip
-            threading.Thread(target=rec.run_forever, name="reconciler", daemon=True).start()
+            threading.Thread(target=_every, args=(2.0, rec.tick, stop), name="reconciler", daemon=True).start()
             app.state.reconciler = rec
         yield
-        if app.state.reconciler:
-            app.state.reconciler.stop()
+        stop.set()
 
     app = FastAPI(title="myopia", version="0.1.0", lifespan=lifespan,
                   description="Scaling sweeps of myopic training: the myopia gap against model scale.")  # fmt: skip
@@ -130,6 +143,21 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
     @v1.post("/runs/{run_id}/retry", response_model=RunOut, responses={404: {"model": ErrorOut}})
     def retry_run(run_id: str, request: Request):
         return RunOut.of(sweeps.retry_run(request.app.state.db, run_id), events=True)
+
+    @v1.post("/schedules", status_code=201, response_model=ScheduleOut)
+    def add_schedule(body: scheduler.ScheduleRequest, request: Request):
+        return ScheduleOut.model_validate(scheduler.add_schedule(request.app.state.db, body), from_attributes=True)
+
+    @v1.get("/schedules", response_model=list[ScheduleOut])
+    def list_schedules(request: Request):
+        return [
+            ScheduleOut.model_validate(x, from_attributes=True) for x in scheduler.list_schedules(request.app.state.db)
+        ]
+
+    @v1.delete("/schedules/{schedule_id}", status_code=204, responses={404: {"model": ErrorOut}})
+    def delete_schedule(schedule_id: str, request: Request) -> Response:
+        scheduler.delete_schedule(request.app.state.db, schedule_id)
+        return Response(status_code=204)
 
     app.include_router(v1)
 

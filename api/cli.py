@@ -213,10 +213,12 @@ def _train(spec) -> dict:
 
 
 from api.client_cli import run as _run_group  # noqa: E402
+from api.client_cli import schedule as _schedule_group  # noqa: E402
 from api.client_cli import sweep as _sweep_group  # noqa: E402
 
 main.add_command(_sweep_group, "sweep")
 main.add_command(_run_group, "run")
+main.add_command(_schedule_group, "schedule")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -149,3 +149,37 @@ def run_cancel(run_id: str) -> None:
 def run_retry(run_id: str) -> None:
     r = _call("POST", f"/v1/runs/{run_id}/retry").json()
     console.print(f"run {run_id}: {r['status']} (attempt {r['attempt']})")
+
+
+@click.group()
+def schedule() -> None:
+    """Sweeps rerun on a cron schedule (UTC)."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.option("--cron", required=True, help="five-field cron expression, UTC, e.g. '0 3 * * 1'")
+@click.option("--template", "template_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="a sweep request (JSON), as for `myopia sweep submit`")  # fmt: skip
+def schedule_add(name: str, cron: str, template_file: str) -> None:
+    try:
+        template = json.loads(Path(template_file).read_text())
+    except json.JSONDecodeError as e:
+        raise click.ClickException(f"{template_file} is not JSON: {e}") from None
+    s = _call("POST", "/v1/schedules", json={"name": name, "cron": cron, "template": template}).json()
+    console.print(f"schedule {s['id']}: {s['cron']}")
+
+
+@schedule.command("list")
+def schedule_list() -> None:
+    table = Table("schedule", "name", "cron", "last fired", "last sweep")
+    for s in _call("GET", "/v1/schedules").json():
+        table.add_row(s["id"], s["name"], s["cron"], (s["last_fired_at"] or "-")[:19], s["last_sweep_id"] or "-")
+    console.print(table)
+
+
+@schedule.command("delete")
+@click.argument("schedule_id")
+def schedule_delete(schedule_id: str) -> None:
+    _call("DELETE", f"/v1/schedules/{schedule_id}")
+    console.print(f"schedule {schedule_id} deleted")

@@ -55,3 +55,12 @@ class SweepOut(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     message: str
+
+
+class ScheduleOut(BaseModel):
+    id: str
+    name: str
+    cron: str
+    template: dict[str, Any]
+    last_fired_at: datetime | None
+    last_sweep_id: str | None

@@ -9,7 +9,6 @@ run whose job already exists is adopted, never submitted twice.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 from ray.job_submission import JobStatus
@@ -28,7 +27,6 @@ class Reconciler:
         self.db, self.jobs, self.max_concurrent, self.max_attempts = db, jobs, max_concurrent, max_attempts
         self.work_dir = work_dir
         self.job_env = job_env or {}
-        self._stop = threading.Event()
 
     # ------------------------------------------------------------------------------------------------ ticking
     def tick(self) -> None:
@@ -46,18 +44,6 @@ class Reconciler:
                 self._submit(run)
                 busy += 1
             self._sweep_statuses(s)
-
-    def run_forever(self, interval: float = 2.0) -> None:
-        while not self._stop.wait(interval):
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - keep reconciling; the next tick retries
-                import logging
-
-                logging.getLogger(__name__).exception("reconciler tick failed")
-
-    def stop(self) -> None:
-        self._stop.set()
 
     # ------------------------------------------------------------------------------------------------ a run
     def _paths(self, run: Run) -> tuple[Path, Path]:

@@ -68,9 +68,17 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
         for size, group in sorted(by_size.items(), key=lambda kv: kv[1][0]["n_params_nonembedding"])
     ]
     fit: GapFit | None = fit_gap(sizes)
+    rows_out = [s.model_dump() for s in sizes]
+    previous = get_sweep(db, sweep_id).previous_sweep_id
+    if previous:  # a scheduled rerun: flag sizes whose gap left the previous sweep's interval
+        before = {s["size"]: s for s in sweep_results(db, previous)["sizes"]}
+        for row in rows_out:
+            ci = before.get(row["size"], {}).get("gap_ci95")
+            row["drift"] = None if ci is None else not (ci[0] <= row["gap_mean"] <= ci[1])
     return {
         "sweep_id": sweep_id,
-        "sizes": [s.model_dump() for s in sizes],
+        "previous_sweep_id": previous,
+        "sizes": rows_out,
         "fit": fit.model_dump() if fit else None,
         "pairs": rows,
     }

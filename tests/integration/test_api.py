@@ -187,5 +187,23 @@ def test_the_cli_drives_the_api(server, tmp_path, monkeypatch):
     bad.write_text('{"name": "x", "sizes": ["3b"], "seeds": [0]}')
     failed = cli.invoke(main, ["sweep", "submit", str(bad)])
     assert failed.exit_code == 1 and "422" in failed.output and "sizes.0" in failed.output
+    made = cli.invoke(main, ["schedule", "add", "nightly", "--cron", "0 3 * * *", "--template", str(request)]).output
+    schedule_id = made.split()[1].rstrip(":")
+    assert schedule_id in cli.invoke(main, ["schedule", "list"]).output
+    assert "deleted" in cli.invoke(main, ["schedule", "delete", schedule_id]).output
     monkeypatch.setenv("MYOPIA_API_URL", "http://127.0.0.1:9")
     assert "cannot reach the control plane" in cli.invoke(main, ["sweep", "list"]).output
+
+
+def test_schedules_over_http(server):
+    with httpx.Client(base_url=server.url) as c:
+        bad = c.post("/v1/schedules", json={"name": "n", "cron": "every day", "template": REQUEST})
+        assert bad.status_code == 422 and "cron" in bad.json()["message"]
+        bad = c.post("/v1/schedules", json={"name": "n", "cron": "0 3 * * *", "template": {**REQUEST, "seeds": []}})
+        assert bad.status_code == 422 and "template.seeds" in bad.json()["message"]
+        made = c.post("/v1/schedules", json={"name": "nightly", "cron": "0 3 * * *", "template": REQUEST})
+        assert made.status_code == 201 and made.json()["last_sweep_id"] is None
+        assert [x["id"] for x in c.get("/v1/schedules").json()] == [made.json()["id"]]
+        assert c.delete(f"/v1/schedules/{made.json()['id']}").status_code == 204
+        assert c.get("/v1/schedules").json() == []
+        assert c.delete(f"/v1/schedules/{made.json()['id']}").status_code == 404

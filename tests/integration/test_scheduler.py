@@ -1,0 +1,87 @@
+"""Scheduled sweeps on a real SQLite store: one sweep per cron tick, exactly once, linked, with drift flags."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from services import scheduler
+from services.results import sweep_results
+from services.store import Run, Sweep, connect
+from services.sweeps import list_sweeps
+
+TEMPLATE = {"name": "nightly", "sizes": ["14m"], "seeds": [0, 1], "train": {"steps": 5}}
+T0 = datetime(2026, 11, 22, 3, 0, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return connect(f"sqlite:///{tmp_path / 'cp.db'}")
+
+
+def add(db, cron="0 * * * *"):
+    schedule = scheduler.add_schedule(db, scheduler.ScheduleRequest(name="n", cron=cron, template=TEMPLATE))
+    with db.begin() as s:  # created before T0's tick
+        s.get(type(schedule), schedule.id).created_at = T0 - timedelta(hours=1, minutes=30)
+    return schedule
+
+
+def test_each_tick_fires_exactly_once_and_links_the_sweeps(db):
+    add(db)
+    first = scheduler.tick(db, T0)
+    assert len(first) == 1
+    assert scheduler.tick(db, T0 + timedelta(minutes=20)) == []  # same tick (03:00): nothing new
+    second = scheduler.tick(db, T0 + timedelta(hours=1))  # 04:00
+    assert len(second) == 1
+    sweeps = {s.id: s for s in list_sweeps(db)}
+    assert len(sweeps) == 2 and sweeps[second[0]].previous_sweep_id == first[0]
+    assert sweeps[first[0]].schedule_id == sweeps[second[0]].schedule_id is not None
+
+
+def test_a_tick_repeated_after_a_crash_makes_no_second_sweep(db):
+    schedule = add(db)
+    scheduler.tick(db, T0)
+    with db.begin() as s:  # as if the process died after creating the sweep, before recording the tick
+        row = s.get(type(schedule), schedule.id)
+        row.last_fired_at, row.last_sweep_id = None, None
+    again = scheduler.tick(db, T0 + timedelta(seconds=5))  # a restarted control plane, same tick
+    assert len(list_sweeps(db)) == 1 and len(again) == 1
+
+
+def test_missed_ticks_collapse_into_one(db):
+    add(db)
+    created = scheduler.tick(db, T0 + timedelta(hours=5))  # down for five ticks
+    assert len(created) == 1 and len(list_sweeps(db)) == 1
+
+
+def test_deleted_schedules_stop_and_bad_cron_is_named(db):
+    schedule = add(db)
+    scheduler.delete_schedule(db, schedule.id)
+    assert scheduler.tick(db, T0) == []
+    with pytest.raises(ValidationError, match="cron"):
+        scheduler.ScheduleRequest(name="x", cron="61 * * * *", template=TEMPLATE)
+
+
+def finish(db, sweep_id: str, gaps: list[float]) -> None:
+    with db.begin() as s:
+        for run in s.query(Run).filter(Run.sweep_id == sweep_id):
+            seed = run.spec["seed"]
+            loss = 4.0 + (gaps[seed] if run.arm == "myopic" else 0.0)
+            run.result = {"eval": {"loss": loss, "per_position": []}}
+            run.set_status("succeeded")
+        s.get(Sweep, sweep_id).status = "succeeded"
+
+
+def test_drift_is_flagged_against_the_previous_interval(db):
+    add(db)
+    (first,) = scheduler.tick(db, T0)
+    finish(db, first, [0.10, 0.12])  # interval about [-0.017, 0.237]
+    (second,) = scheduler.tick(db, T0 + timedelta(hours=1))
+    finish(db, second, [0.40, 0.42])
+    res = sweep_results(db, second)
+    assert res["previous_sweep_id"] == first and res["sizes"][0]["drift"] is True
+    (third,) = scheduler.tick(db, T0 + timedelta(hours=2))
+    finish(db, third, [0.41, 0.43])
+    assert sweep_results(db, third)["sizes"][0]["drift"] is False
