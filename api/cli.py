@@ -109,10 +109,11 @@ def train(spec_file, preset_name, size, arm, steps, mlflow_uri, out) -> None:
     except (SpecError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     result = _train(spec)
-    r = result["eval"]
-    metric = "huber_over_p" if "huber_over_p" in r else "loss"
+    from trainers.evaluate import headline
+
+    metric, value = headline(result["eval"])
     console.print(f"[bold]{result['name']}[/bold] ({result['arm']}, {result['size']}, seed {result['seed']}): "
-                  f"held-out {metric} {r[metric]:.4f} after {result['steps']} steps")  # fmt: skip
+                  f"held-out {metric} {value:.4f} after {result['steps']} steps")  # fmt: skip
     if result.get("mlflow_run_id"):
         console.print(f"MLflow run {result['mlflow_run_id']} in {spec.tracking.mlflow_uri}")
     if out:

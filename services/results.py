@@ -16,12 +16,12 @@ from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from services.gap_stats import GapFit, SizeGap, fit_gap, size_gap  # noqa: E402
 from services.sweeps import get_sweep  # noqa: E402
+from trainers.evaluate import headline  # noqa: E402
 from trainers.models import PYTHIA_SIZES, count_params  # noqa: E402
 
 
 def _loss(result: dict[str, Any]) -> float:
-    ev = result["eval"]
-    return ev["huber_over_p"] if "huber_over_p" in ev else ev["loss"]
+    return headline(result["eval"])[1]
 
 
 def _nonembedding(spec: dict[str, Any]) -> int:

@@ -127,14 +127,8 @@ def _download(source: Source, dest: Path) -> Path:
     elif source.registry == "debian":
         found = list(dest.glob(f"{source.package}_{source.version}_*.deb"))
         if not found:
-            try:
-                subprocess.run(["apt-get", "download", f"{source.package}={source.version}"], cwd=dest, check=True,
-                               capture_output=True, text=True, timeout=600)  # fmt: skip
-            except (FileNotFoundError, subprocess.CalledProcessError) as e:
-                detail = getattr(e, "stderr", "") or str(e)
-                raise DataError(f"could not fetch the Debian package {source.package}={source.version} "
-                                f"(is apt-get there, and its lists current? `apt-get update`): {detail.strip()[-300:]}"
-                                ) from None  # fmt: skip
+            # apt-get needs current package lists: `apt-get update` where it cannot find the package
+            _run(["apt-get", "download", f"{source.package}={source.version}"], source, cwd=dest)
             found = list(dest.glob(f"{source.package}_{source.version}_*.deb"))
     else:
         stem = f"{source.package.lstrip('@').replace('/', '-')}-{source.version}.tgz"
@@ -148,9 +142,9 @@ def _download(source: Source, dest: Path) -> Path:
     return found[0]
 
 
-def _run(cmd: list[str], source: Source) -> None:
+def _run(cmd: list[str], source: Source, cwd: Path | None = None) -> None:
     try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+        subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, timeout=600)
     except FileNotFoundError:
         raise DataError(f"{cmd[0]} is needed to fetch {source.package} from {source.registry}") from None
     except subprocess.CalledProcessError as e:

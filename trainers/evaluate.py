@@ -14,6 +14,12 @@ from sklearn.metrics import r2_score
 PROBE_LAGS = range(0, 11)
 
 
+def headline(result: dict) -> tuple[str, float]:
+    """The loss a gap is measured on: Huber/p for D_p, cross-entropy for text."""
+    key = "huber_over_p" if "huber_over_p" in result else "loss"
+    return key, result[key]
+
+
 def _all_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from trainers.entry import run
+from trainers.evaluate import headline
 from trainers.spec import RunSpec, check_matched
 
 
@@ -29,8 +30,7 @@ def run_pair(
     for name, arm_spec in arms.items():
         arm_spec = named(arm_spec, name) if named else arm_spec  # one run name per arm
         results[name] = run(arm_spec, on_progress=(lambda s, n=name: on_progress(n, s)) if on_progress else None)
-    key = "huber_over_p" if spec.data.kind == "synthetic" else "loss"
-    base = results["vanilla"]["eval"][key]
-    results["gap"] = {name: r["eval"][key] - base for name, r in results.items() if name != "vanilla"}
+    key, base = headline(results["vanilla"]["eval"])
+    results["gap"] = {name: headline(r["eval"])[1] - base for name, r in results.items() if name != "vanilla"}
     results["metric"] = key
     return results

@@ -62,12 +62,10 @@ class DpTask:
         d: SyntheticData = spec.data  # type: ignore[assignment]
         self.task = SyntheticTask(p=d.p, b=d.b, lags=d.lags, seq_len=spec.train.seq_len)
 
-    def config(self):
-        return pythia_config(self.spec.model.size, vocab_size=1, **self.spec.model.overrides)
-
     def build_model(self) -> torch.nn.Module:
         a = self.spec.attention
-        return set_attention(RegressionGPTNeoX(self.config()), a.mode, variant=a.variant, beta=a.beta)
+        config = pythia_config(self.spec.model.size, vocab_size=1, **self.spec.model.overrides)
+        return set_attention(RegressionGPTNeoX(config), a.mode, variant=a.variant, beta=a.beta)
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Fresh samples every step: the global batch is drawn from a generator seeded by (seed, step)."""

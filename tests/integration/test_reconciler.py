@@ -55,13 +55,9 @@ def until(predicate, timeout: float = 400, step: float = 2.0, tick=None):
         time.sleep(step)
 
 
-def spec_with_cpus(request: dict) -> SweepRequest:
-    return SweepRequest.model_validate(request)
-
-
 def test_a_sweep_runs_as_ray_jobs_and_survives_a_restart(head, tmp_path):
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
-    sweep, _ = create_sweep(db, spec_with_cpus(SWEEP), mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sweep, _ = create_sweep(db, SweepRequest.model_validate(SWEEP), mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     first = reconciler(head, db)
     first.tick()  # submits the first run
     until(lambda: any(r.status == "running" for r in get_sweep(db, sweep.id).runs), tick=first.tick, timeout=120)
@@ -81,7 +77,7 @@ def test_a_sweep_runs_as_ray_jobs_and_survives_a_restart(head, tmp_path):
 def test_cancel_stops_the_job(head, tmp_path):
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
     long = {**SWEEP, "train": {**SWEEP["train"], "steps": 5000}}
-    sweep, _ = create_sweep(db, spec_with_cpus(long), mlflow_uri=None)
+    sweep, _ = create_sweep(db, SweepRequest.model_validate(long), mlflow_uri=None)
     rec = reconciler(head, db)
     rec.tick()
     until(lambda: any(r.status == "running" for r in get_sweep(db, sweep.id).runs), tick=rec.tick, timeout=120)
