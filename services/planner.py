@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.sweep_presets import apply_preset
 from trainers.models import PYTHIA_SIZES
-from trainers.spec import ResourceSpec, RunSpec, TrackingSpec, check_matched
+from trainers.spec import DataSpec, ResourceSpec, RunSpec, TextData, TrackingSpec, check_matched
 
 RESOURCES = Path(__file__).resolve().parents[1] / "cluster" / "resources.yaml"
 SizeName = Literal["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
@@ -25,24 +26,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SyntheticDataset(Strict):
-    kind: Literal["synthetic"] = "synthetic"
-    p: float = Field(0.5, gt=0.0, le=1.0)
-    b: float = Field(10.0, gt=0.0)
-    lags: int = Field(10, ge=1)
-
-
-class TextDataset(Strict):
-    kind: Literal["text"] = "text"
-    corpus: str = "wiki"
-
-
 class TrainOptions(Strict):
     steps: int = Field(1000, ge=1)
     seq_len: int = Field(64, ge=2, le=2048)
     batch_size: int = Field(32, ge=1, description="global batch (sequences per optimizer step)")
     micro_batch: int | None = Field(None, ge=1, description="default: the global batch split over the workers")
-    lr: float | None = Field(None, gt=0.0, description="default: the size's Pythia learning rate")
+    lr: float | None = Field(None, gt=0.0, description="default: lr_scale × the size's Pythia learning rate")
+    lr_scale: float = Field(1.0, gt=0.0, description="with lr unset: the multiple of each size's Pythia lr")
     warmup_frac: float = Field(0.01, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.1, ge=0.0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -63,10 +53,15 @@ class SweepRequest(Strict):
     seeds: list[int] = Field(min_length=1)
     protocol: Literal["scratch", "finetune"] = "scratch"
     checkpoint: str = Field("EleutherAI/pythia-{size}", description="finetune: hub id or directory; {size} filled in")
-    dataset: Annotated[SyntheticDataset | TextDataset, Field(discriminator="kind")] = TextDataset()
+    dataset: DataSpec = TextData()
     train: TrainOptions = TrainOptions()
     myopic: MyopicOptions = MyopicOptions()
-    preset: str | None = None
+    preset: str | None = Field(None, description="a named request (services.sweep_presets) under the given fields")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return apply_preset(data) if isinstance(data, dict) else data
 
     @field_validator("sizes", "arms", "seeds")
     @classmethod
@@ -114,7 +109,7 @@ def plan(request: SweepRequest, *, sweep_id: str, profile: str = "cpu",
                 "data": data,
                 "train": {"steps": t.steps, "seq_len": t.seq_len, "micro_batch": micro, "global_batch": t.batch_size,
                           "precision": t.precision, "checkpoint_interval": t.checkpoint_interval},
-                "optimizer": {"lr": t.lr or PYTHIA_SIZES[size].lr, "warmup_frac": t.warmup_frac,
+                "optimizer": {"lr": t.lr or t.lr_scale * PYTHIA_SIZES[size].lr, "warmup_frac": t.warmup_frac,
                               "weight_decay": t.weight_decay},
                 "resources": res.model_dump(),
                 "eval": {"held_out_sequences": t.eval_sequences},

@@ -61,7 +61,8 @@ def _utc(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite returns naive datetimes
 
 
-def tick(db: sessionmaker, now: datetime | None = None, *, mlflow_uri: str | None = None) -> list[str]:
+def tick(db: sessionmaker, now: datetime | None = None, *, mlflow_uri: str | None = None,
+         profile: str = "cpu") -> list[str]:  # fmt: skip
     """Fire every schedule whose cron has ticked since it last fired; returns the ids of the sweeps created."""
     now = now or datetime.now(UTC)
     created = []
@@ -72,7 +73,7 @@ def tick(db: sessionmaker, now: datetime | None = None, *, mlflow_uri: str | Non
             continue
         request = SweepRequest.model_validate(schedule.template)
         sweep, _ = create_sweep(db, request, idempotency_key=f"schedule:{schedule.id}:{due.isoformat()}",
-                                mlflow_uri=mlflow_uri)  # fmt: skip
+                                mlflow_uri=mlflow_uri, profile=profile)  # fmt: skip
         with db.begin() as s:
             # record the tick only if nobody did it first; link the new sweep to the schedule's previous one
             won = s.execute(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,15 +15,22 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir")
     ray_address: str | None = Field(
         None, validation_alias=AliasChoices("MYOPIA_RAY_ADDRESS", "RAY_ADDRESS"),
-        description="a Ray cluster; default: start a local head on loopback",
+        description="a Ray cluster's job server (http://head:8265); default: start a local head on loopback",
     )  # fmt: skip
+    job_python: str | None = Field(None, description="the jobs' interpreter on the cluster (default: python)")
     mlflow_uri: str | None = Field(
         None, validation_alias=AliasChoices("MYOPIA_MLFLOW_URI", "MLFLOW_TRACKING_URI"),
         description="default: SQLite in the data dir, artifacts beside it",
     )  # fmt: skip
     api_token: str | None = Field(None, description="bearer token required by the API when set")
+    resource_profile: str = Field("cpu", description="the profile of cluster/resources.yaml the planner uses")
     max_concurrent_runs: int = Field(2, ge=1)
     max_attempts: int = Field(3, ge=1, description="attempts per run before it is failed")
+
+    @field_validator("database_url", "ray_address", "mlflow_uri", "api_token", "job_python", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v  # compose passes `${VAR:-}` through as an empty string
 
     @property
     def database(self) -> str:

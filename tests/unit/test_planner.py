@@ -63,3 +63,31 @@ def test_bad_requests_name_the_field(fields, where):
         request(**fields)
     locs = [".".join(str(p) for p in err["loc"]) for err in e.value.errors()]
     assert any(loc.startswith(where) for loc in locs), locs
+
+
+def test_a_preset_fills_what_the_request_leaves_out():
+    demo = SweepRequest.model_validate({"preset": "demo"})
+    assert demo.name == "demo-text" and demo.sizes == ["14m", "31m"] and demo.dataset.kind == "text"
+    mine = SweepRequest.model_validate({"preset": "demo", "name": "mine", "seeds": [3, 4], "train": {"steps": 7}})
+    assert (mine.name, mine.seeds, mine.train.steps) == ("mine", [3, 4], 7)
+    assert mine.train.batch_size == demo.train.batch_size  # sections merge key by key
+    other_kind = SweepRequest.model_validate({"preset": "demo", "dataset": {"kind": "synthetic", "p": 0.3}})
+    assert other_kind.dataset.kind == "synthetic" and other_kind.dataset.p == 0.3  # replaced, not merged
+
+
+def test_paper_presets():
+    paper = SweepRequest.model_validate({"preset": "pythia-paper"})
+    assert paper.sizes == ["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
+    (pair,) = plan(paper.model_copy(update={"sizes": ["1.4b"]}), sweep_id="s", profile="gpu")
+    spec = pair.runs["myopic"]
+    assert spec.protocol.checkpoint == "EleutherAI/pythia-1.4b" and spec.data.kind == "hf"
+    assert spec.lr == pytest.approx(0.4 * 2e-4) and spec.train.precision == "fp16"
+    assert spec.train.global_batch * spec.train.steps * spec.train.seq_len == pytest.approx(640e6, rel=1e-3)
+    dp = plan(SweepRequest.model_validate({"preset": "synthetic-paper"}), sweep_id="s")
+    assert len(dp) == 5 and dp[0].runs["myopic"].model.overrides["hidden_size"] == 128
+    assert dp[0].runs["myopic"].data.b == 10.0 and dp[0].runs["myopic"].train.global_batch == 512
+
+
+def test_an_unknown_preset_is_named():
+    with pytest.raises(ValidationError, match="unknown preset 'nope'"):
+        SweepRequest.model_validate({"preset": "nope"})
