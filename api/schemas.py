@@ -27,6 +27,7 @@ class RunOut(BaseModel):
     config_hash: str
     error: str | None = None
     result: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
     events: list[RunEventOut] = []
 
     @classmethod
@@ -35,7 +36,7 @@ class RunOut(BaseModel):
         history = [RunEventOut.model_validate(e, from_attributes=True) for e in run.events] if events else []
         return cls(id=run.id, sweep_id=run.sweep_id, pair_id=run.pair_id, arm=run.arm, size=spec["model"]["size"],
                    seed=spec["seed"], status=run.status, attempt=run.attempt, config_hash=run.config_hash,
-                   error=run.error, result=run.result, events=history)  # fmt: skip
+                   error=run.error, result=run.result, progress=run.progress, events=history)  # fmt: skip
 
 
 class SweepOut(BaseModel):

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from services.gap_stats import GapFit, SizeGap, fit_gap, size_gap  # noqa: E402
+from services.sweep_tracking import links  # noqa: E402
 from services.sweeps import get_sweep  # noqa: E402
 from trainers.evaluate import headline  # noqa: E402
 from trainers.models import PYTHIA_SIZES, count_params  # noqa: E402
@@ -69,7 +70,8 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
     ]
     fit: GapFit | None = fit_gap(sizes)
     rows_out = [s.model_dump() for s in sizes]
-    previous = get_sweep(db, sweep_id).previous_sweep_id
+    sweep = get_sweep(db, sweep_id)
+    previous = sweep.previous_sweep_id
     if previous:  # a scheduled rerun: flag sizes whose gap left the previous sweep's interval
         before = {s["size"]: s for s in sweep_results(db, previous)["sizes"]}
         for row in rows_out:
@@ -81,6 +83,7 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
         "sizes": rows_out,
         "fit": fit.model_dump() if fit else None,
         "pairs": rows,
+        "mlflow": links(sweep),
     }
 
 

@@ -40,7 +40,9 @@ class Sweep(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id"))
     previous_sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"))
-    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))  # the parent of its pairs' MLflow runs
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_reported: Mapped[str | None] = mapped_column(String(40))  # the status whose results MLflow holds
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
     pairs: Mapped[list[Pair]] = relationship(back_populates="sweep", order_by="Pair.id")
@@ -54,6 +56,8 @@ class Pair(Base):
     size: Mapped[str] = mapped_column(String(10))
     seed: Mapped[int] = mapped_column(Integer)
     pair_hash: Mapped[str] = mapped_column(String(32))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))  # child of the sweep's; parent of the arms'
+    mlflow_reported: Mapped[str | None] = mapped_column(String(40))  # the arms' statuses when the gap was logged
     sweep: Mapped[Sweep] = relationship(back_populates="pairs")
     runs: Mapped[list[Run]] = relationship(back_populates="pair", order_by="Run.arm")
 
@@ -70,6 +74,7 @@ class Run(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     submission_id: Mapped[str | None] = mapped_column(String(80))
     result: Mapped[dict | None] = mapped_column(JSON)
+    progress: Mapped[dict | None] = mapped_column(JSON)  # {step, steps, loss} of the attempt running now
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
@@ -107,18 +112,18 @@ class Schedule(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
-def migrate(url: str) -> None:
-    """Create or upgrade the schema to the newest migration."""
+def migrate(url: str, revision: str = "head") -> None:
+    """Create or upgrade the schema to the newest migration (or to `revision`)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, revision)
 
 
 def connect(url: str) -> sessionmaker:
     """Migrate, then a session factory. SQLite gets foreign keys and a busy timeout (several threads write)."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     migrate(url)
     engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
     if url.startswith("sqlite"):

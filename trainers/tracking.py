@@ -5,9 +5,28 @@ A restarted run continues the MLflow run it started (found by its `myopia.run` t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from trainers.spec import RunSpec, flat_params
+
+
+def experiment_id(client: Any, uri: str, name: str) -> str:
+    """The experiment's id, created if missing. A SQLite store keeps its artifacts beside the database file: MLflow's
+    default would be `./mlruns` under whatever directory the creating process runs in."""
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # noqa: BLE001 - created meanwhile by another run of the sweep
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 class Tracker:
@@ -23,7 +42,8 @@ class Tracker:
 
         t, spec = self.spec.tracking, self.spec
         mlflow.set_tracking_uri(t.mlflow_uri)
-        experiment = mlflow.set_experiment(t.experiment)  # created if it does not exist
+        experiment = mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(), t.mlflow_uri,
+                                                                       t.experiment))  # fmt: skip
         name = spec.name or spec.config_hash()
         found = mlflow.search_runs(
             [experiment.experiment_id], filter_string=f"tags.`myopia.run` = '{name}'", output_format="list"

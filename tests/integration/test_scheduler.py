@@ -1,4 +1,5 @@
-"""Scheduled sweeps on a real SQLite store: one sweep per cron tick, exactly once, linked, with drift flags."""
+"""Scheduled sweeps on real SQLite and PostgreSQL stores: one sweep per cron tick, exactly once, linked, with drift
+flags."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ T0 = datetime(2026, 11, 22, 3, 0, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(tmp_path):
-    return connect(f"sqlite:///{tmp_path / 'cp.db'}")
+def db(database_url):
+    return connect(database_url)
 
 
 def add(db, cron="0 * * * *"):

@@ -1,4 +1,4 @@
-"""The store on a real SQLite database, schema made by the Alembic migrations."""
+"""The store on real SQLite and PostgreSQL databases, schema made by the Alembic migrations."""
 
 from __future__ import annotations
 
@@ -10,18 +10,33 @@ from services.store import Pair, Run, Sweep, connect, migrate
 
 
 @pytest.fixture
-def db(tmp_path):
-    return connect(f"sqlite:///{tmp_path / 'nested' / 'myopia.db'}")
+def db(database_url):
+    return connect(database_url)
 
 
-def test_migrations_create_every_table_and_rerun_safely(tmp_path):
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+def test_migrations_create_every_table_and_rerun_safely(database_url):
+    url = database_url
     connect(url)
     migrate(url)  # a second upgrade (a restarted control plane) is a no-op
     from sqlalchemy import create_engine
 
     tables = set(inspect(create_engine(url)).get_table_names())
     assert {"sweeps", "pairs", "runs", "run_events", "schedules", "alembic_version"} <= tables
+    assert {"mlflow_run_id", "mlflow_reported"} <= {c["name"] for c in inspect(create_engine(url)).get_columns("pairs")}
+
+
+def test_an_older_schema_is_upgraded_in_place_keeping_its_rows(database_url):
+    from sqlalchemy import create_engine, text
+
+    migrate(database_url, "0001")  # a store written before the MLflow columns existed
+    with create_engine(database_url).begin() as c:
+        now = "CURRENT_TIMESTAMP"
+        c.execute(text("INSERT INTO sweeps (id, name, status, request, created_at, updated_at) "
+                       f"VALUES ('sw-old', 'old', 'succeeded', '{{}}', {now}, {now})"))  # fmt: skip
+    db = connect(database_url)
+    with db() as s:
+        old = s.get(Sweep, "sw-old")
+        assert (old.name, old.status, old.mlflow_reported) == ("old", "succeeded", None)
 
 
 def test_a_sweep_with_pairs_runs_and_history_round_trips(db):

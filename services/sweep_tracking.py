@@ -1,0 +1,123 @@
+"""MLflow above the training runs: a run per sweep, and under it a run per pair, under which the pair's two arm
+runs log themselves (`tracking.parent_run_id`). A finished pair's run carries the gap and the non-embedding
+parameter count, so MLflow's own charts plot gap against scale; a finished sweep's run carries the results
+document, the gap table and the plot.
+
+Called by the reconciler: `open_runs` before a sweep's first job is submitted, `report` after each tick.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from sqlalchemy import or_, select
+from sqlalchemy.orm import sessionmaker
+
+from services.store import Pair, Sweep
+from trainers.tracking import experiment_id
+
+FINAL = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+
+
+def _tracking(sweep: Sweep) -> dict[str, Any] | None:
+    spec = sweep.runs[0].spec if sweep.runs else None
+    return spec["tracking"] if spec and spec["tracking"].get("mlflow_uri") else None
+
+
+def open_runs(sweep: Sweep) -> None:
+    """Create the sweep's MLflow run and its pairs' runs where missing (idempotent: ids are kept in the store)."""
+    tracking = _tracking(sweep)
+    if tracking is None:
+        return
+    client = MlflowClient(tracking["mlflow_uri"])
+    if sweep.mlflow_run_id is None:
+        sweep.mlflow_experiment_id = experiment_id(client, tracking["mlflow_uri"], tracking["experiment"])
+        request = sweep.request
+        run = client.create_run(sweep.mlflow_experiment_id, run_name=f"{sweep.name} ({sweep.id})",
+                                tags={"myopia.sweep": sweep.id, "myopia.kind": "sweep"})  # fmt: skip
+        keys = ("sizes", "seeds", "arms", "protocol", "dataset", "train", "myopic", "preset")
+        client.log_batch(run.info.run_id, params=[Param(k, str(request.get(k))[:6000]) for k in keys])
+        sweep.mlflow_run_id = run.info.run_id
+    for pair in sweep.pairs:
+        if pair.mlflow_run_id is None:
+            run = client.create_run(sweep.mlflow_experiment_id, run_name=f"{sweep.name}-{pair.size}-s{pair.seed}",
+                                    tags={"myopia.sweep": sweep.id, "myopia.pair": pair.id, "myopia.kind": "pair",
+                                          "size": pair.size, "seed": str(pair.seed),
+                                          "mlflow.parentRunId": sweep.mlflow_run_id})  # fmt: skip
+            pair.mlflow_run_id = run.info.run_id
+
+
+def report(db: sessionmaker) -> None:
+    """Log every newly finished pair's gap and every newly finished sweep's results to their MLflow runs."""
+    from services.results import gap_plot, sweep_results  # (results imports matplotlib; keep this module light)
+
+    with db.begin() as s:
+        unreported = or_(Sweep.mlflow_reported.is_(None), Sweep.mlflow_reported != Sweep.status)
+        for sweep in s.scalars(select(Sweep).where(Sweep.mlflow_run_id.is_not(None), unreported)):
+            tracking = _tracking(sweep)
+            client = MlflowClient(tracking["mlflow_uri"])
+            pending = [p for p in sweep.pairs if p.mlflow_run_id and _pair_state(p) not in (None, p.mlflow_reported)]
+            finished = sweep.status in FINAL and sweep.mlflow_reported != sweep.status
+            if not (pending or finished):
+                continue
+            res = sweep_results(db, sweep.id)
+            rows = {row["pair_id"]: row for row in res["pairs"]}
+            for pair in pending:
+                _report_pair(client, pair, rows.get(pair.id))
+                pair.mlflow_reported = _pair_state(pair)
+            if finished:
+                _report_sweep(client, sweep, res, gap_plot(res))
+                sweep.mlflow_reported = sweep.status
+
+
+def _pair_state(pair: Pair) -> str | None:
+    """The arms' statuses once all are final (None before): a retried arm changes it, and the pair reports again."""
+    states = [r.status for r in pair.runs]
+    return "/".join(states) if all(st in FINAL for st in states) else None
+
+
+def _report_pair(client: MlflowClient, pair: Pair, row: dict[str, Any] | None) -> None:
+    run_id = pair.mlflow_run_id
+    if row is None:  # an arm failed or was cancelled: no gap
+        client.set_terminated(run_id, "FAILED" if any(r.status == "failed" for r in pair.runs) else "KILLED")
+        return
+    n = row["n_params_nonembedding"]
+    for key, value in {"gap": row["gap"], "vanilla_loss": row["vanilla_loss"], "myopic_loss": row["myopic_loss"],
+                       "n_params_nonembedding": n, "log10_n_params_nonembedding": math.log10(n)}.items():  # fmt: skip
+        client.log_metric(run_id, key, value)
+    if row["gap_per_position"]:
+        client.log_table(run_id, {"position": list(range(len(row["gap_per_position"]))),
+                                  "gap": row["gap_per_position"]}, "gap_per_position.json")  # fmt: skip
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _report_sweep(client: MlflowClient, sweep: Sweep, res: dict[str, Any], png: bytes) -> None:
+    run_id = sweep.mlflow_run_id
+    for row in res["sizes"]:
+        client.log_metric(run_id, f"gap_mean.{row['size']}", row["gap_mean"])
+    if res["fit"]:
+        for key in ("slope", "intercept", "r_squared"):
+            client.log_metric(run_id, f"fit.{key}", res["fit"][key])
+    client.log_dict(run_id, res, "results.json")
+    if res["sizes"]:
+        client.log_table(run_id, {k: [row[k] for row in res["sizes"]] for k in res["sizes"][0]}, "gap_table.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gap_vs_scale.png"
+        path.write_bytes(png)
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, FINAL[sweep.status])
+
+
+def links(sweep: Sweep) -> dict[str, Any] | None:
+    """Where the sweep lives in MLflow (for the results document)."""
+    tracking = _tracking(sweep)
+    if tracking is None:
+        return None
+    return {"tracking_uri": tracking["mlflow_uri"], "experiment": tracking["experiment"],
+            "experiment_id": sweep.mlflow_experiment_id, "sweep_run_id": sweep.mlflow_run_id,
+            "pair_run_ids": {p.id: p.mlflow_run_id for p in sweep.pairs}}  # fmt: skip

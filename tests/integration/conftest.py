@@ -1,0 +1,63 @@
+"""A real PostgreSQL server for the store's tests, started by the suite (Debian's `postgresql`, installed by the
+Makefile) on loopback in a temporary directory, and stopped at the end."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+
+def _pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or [shutil.which("initdb")]
+    if not found[-1]:
+        pytest.fail("PostgreSQL is not installed: `make install` installs Debian's postgresql package")
+    return Path(found[-1]).parent
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    bindir = _pg_bin()
+    root = Path(tempfile.mkdtemp(prefix="myopia-pg-"))  # under /tmp: the server's user must reach it
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+
+    def pg(*cmd: str) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)
+
+    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "myopia", "--no-sync", "-E", "UTF8")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+    try:
+        yield f"postgresql+psycopg2://myopia@127.0.0.1:{port}"
+    finally:
+        pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """A new, empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nested' / 'myopia.db'}"
+    server = request.getfixturevalue("postgres_server")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{server}/{name}"
