@@ -49,8 +49,8 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
         app.state.db = connect(settings.database)  # migrates: a restarted control plane finds its sweeps
         app.state.reconciler = None
         stop = threading.Event()
-        threading.Thread(target=_every, args=(30.0, lambda: scheduler.tick(app.state.db, mlflow_uri=settings.mlflow),
-                                              stop), name="scheduler", daemon=True).start()  # fmt: skip
+        fire = lambda: scheduler.tick(app.state.db, mlflow_uri=settings.mlflow, profile=settings.resource_profile)  # noqa: E731
+        threading.Thread(target=_every, args=(30.0, fire, stop), name="scheduler", daemon=True).start()
         if jobs is not None:
             rec = Reconciler(app.state.db, jobs, settings.data_dir.expanduser(),
                              max_concurrent=settings.max_concurrent_runs, max_attempts=settings.max_attempts,
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
     def create_sweep(body: SweepRequest, request: Request,
                      idempotency_key: Annotated[str | None, Header(max_length=200)] = None):  # fmt: skip
         sweep, created = sweeps.create_sweep(request.app.state.db, body, idempotency_key=idempotency_key,
-                                             mlflow_uri=settings.mlflow)  # fmt: skip
+                                             mlflow_uri=settings.mlflow, profile=settings.resource_profile)  # fmt: skip
         return JSONResponse(status_code=201 if created else 200, content=SweepOut.of(sweep).model_dump(mode="json"))
 
     @v1.get("/sweeps", response_model=list[SweepOut])

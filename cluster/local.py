@@ -29,7 +29,7 @@ def ensure_ray(num_cpus: int | None = None, *, jobs: bool = False) -> str | None
         return _jobs_address if jobs else None
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
-        return os.environ.get("RAY_JOBS_ADDRESS") or os.environ["RAY_ADDRESS"]
+        return os.environ["RAY_ADDRESS"]
     context = ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),

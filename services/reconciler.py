@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cluster.jobs import ACTIVE, Jobs, submission_id
+from services import sweep_tracking
 from services.store import Run, Sweep
 
 RUNNING_STATES = ("submitted", "running")
@@ -44,19 +45,18 @@ class Reconciler:
                 self._submit(run)
                 busy += 1
             self._sweep_statuses(s)
+        sweep_tracking.report(self.db)  # after the commit: it reads the results the tick stored
 
     # ------------------------------------------------------------------------------------------------ a run
-    def _paths(self, run: Run) -> tuple[Path, Path]:
-        d = self.work_dir / "jobs"
-        d.mkdir(parents=True, exist_ok=True)
-        return d / f"{run.id}.spec.json", d / f"{submission_id(run.id, run.attempt)}.result.json"
-
     def _submit(self, run: Run) -> None:
         sid = submission_id(run.id, run.attempt)
         if self.jobs.status(sid) is None:  # else: submitted before a crash of the control plane; adopt it
-            spec_path, result_path = self._paths(run)
-            spec_path.write_text(json.dumps(run.spec))
-            self.jobs.submit(sid, str(spec_path), str(result_path), self.job_env)
+            sweep_tracking.open_runs(run.sweep)  # the arm runs log under their pair's MLflow run
+            if run.pair.mlflow_run_id:
+                run.spec = {**run.spec, "tracking": {**run.spec["tracking"], "parent_run_id": run.pair.mlflow_run_id}}
+            self._progress_file(run).unlink(missing_ok=True)  # a previous attempt's
+            self.jobs.submit(sid, run.spec, self.job_env)
+        run.progress = None
         run.submission_id = sid
         run.set_status("submitted", sid)
 
@@ -65,18 +65,33 @@ class Reconciler:
         if status in ACTIVE:
             if status == JobStatus.RUNNING:
                 run.set_status("running")
+                self._progress(run)
             return
         if status == JobStatus.SUCCEEDED:
-            _, result_path = self._paths(run)
             try:
-                run.result = json.loads(result_path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                return self._failed(run, f"the job succeeded but left no readable result: {e}")
+                run.result = self.jobs.result(run.submission_id)
+            except json.JSONDecodeError as e:
+                return self._failed(run, f"the job succeeded but its result line is not JSON: {e}")
+            if run.result is None:
+                return self._failed(run, "the job succeeded but printed no result line")
             run.error = None
             run.set_status("succeeded")
             return
         why = "its job is gone (cluster restarted?)" if status is None else f"job {status.value}"
         self._failed(run, f"{why}: {self.jobs.logs(run.submission_id)[-2000:]}" if status else why)
+
+    def _progress_file(self, run: Run) -> Path:
+        storage = run.spec.get("storage_path")  # as trainers.entry.storage_path, with the jobs' data dir
+        return (Path(storage).expanduser() if storage else self.work_dir / "runs") / f"{run.id}.progress.json"
+
+    def _progress(self, run: Run) -> None:
+        """The job's rank 0 writes {step, steps, loss} beside its checkpoints (readable where storage is shared)."""
+        try:
+            state = json.loads(self._progress_file(run).read_text())
+        except (OSError, json.JSONDecodeError):
+            return
+        if state != run.progress:
+            run.progress = state
 
     def _failed(self, run: Run, error: str) -> None:
         run.error = error

@@ -1,13 +1,14 @@
-"""One run as a Ray Train job: `python -m trainers.entry SPEC.json [--out RESULT.json]`.
+"""One run as a Ray Train job: `python -m trainers.entry SPEC.json | --spec-b64 B64 [--out RESULT.json]`.
 
 Connects to the Ray cluster the job runs on (RAY_ADDRESS, or the one already initialised), trains with
-`trainers.loop.train_loop` on `resources.workers` workers, and writes the result JSON. A run given the same name
-and storage resumes from its latest checkpoint.
+`trainers.loop.train_loop` on `resources.workers` workers, and prints the result JSON as its last line (and to
+--out). A run given the same name and storage resumes from its latest checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -20,9 +21,10 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from cluster.jobs import RESULT_MARK
 from trainers.loop import train_loop
 from trainers.paths import data_dir
-from trainers.spec import RunSpec, SpecError, load_spec
+from trainers.spec import RunSpec, SpecError, load_spec, parse_spec
 
 
 def run_name(spec: RunSpec) -> str:
@@ -55,7 +57,10 @@ def run(
             "progress_file": str(progress_file),
         },  # fmt: skip
         scaling_config=ScalingConfig(
-            num_workers=r.workers, use_gpu=gpus > 0, resources_per_worker={"CPU": r.cpus_per_worker, "GPU": gpus}
+            num_workers=r.workers,
+            use_gpu=gpus > 0,
+            resources_per_worker={"CPU": r.cpus_per_worker, "GPU": gpus},
+            placement_strategy=r.placement,
         ),
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=RunConfig(
@@ -88,6 +93,7 @@ def run(
         "steps": m["step"],
         "eval": m["eval"],
         "probes": m.get("probes"),
+        "nodes": m.get("nodes"),
         "mlflow_run_id": m.get("mlflow_run_id"),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "spec": spec.model_dump(mode="json"),
@@ -108,22 +114,23 @@ def _watch(path: Path, on_progress: Callable[[dict[str, Any]], None] | None, sto
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainers.entry", description=__doc__.split("\n\n")[0])
-    ap.add_argument("spec", help="RunSpec JSON file")
-    ap.add_argument("--out", help="write the result JSON here")
+    ap.add_argument("spec", nargs="?", help="RunSpec JSON file")
+    ap.add_argument("--spec-b64", help="the RunSpec as base64 JSON (how the control plane submits jobs)")
+    ap.add_argument("--out", help="also write the result JSON here")
     args = ap.parse_args(argv)
+    if bool(args.spec) == bool(args.spec_b64):
+        ap.error("give a SPEC file or --spec-b64")
     try:
-        spec = load_spec(args.spec)
-    except SpecError as e:
+        spec = load_spec(args.spec) if args.spec else parse_spec(base64.urlsafe_b64decode(args.spec_b64).decode())
+    except (SpecError, ValueError) as e:
         print(e, file=sys.stderr)
         return 2
     # fault injection for tests of the control plane: this job crashes at that step unless it resumes
     fail_at = os.environ.get("MYOPIA_FAIL_AT_STEP")
     result = run(spec, fail_at_step=int(fail_at), max_failures=0) if fail_at else run(spec)
-    text = json.dumps(result, indent=1)
     if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    print(RESULT_MARK + json.dumps(result), flush=True)  # the last line of the job's log: the control plane reads it
     return 0
 
 

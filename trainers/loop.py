@@ -72,6 +72,8 @@ def train_loop(config: dict[str, Any]) -> None:
     eng.init_distributed()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    node_ids: list[str | None] = [None] * world  # the Ray nodes the workers run on (placement, recorded)
+    torch.distributed.all_gather_object(node_ids, ray.get_runtime_context().get_node_id())
     task = make_task(spec)
     torch.manual_seed(spec.seed)  # the same initial weights in both arms
     model = task.build_model()
@@ -137,7 +139,8 @@ def train_loop(config: dict[str, Any]) -> None:
             weights = _whole_state_dict(engine, spec.resources.zero_stage)
             probes = task.probes(weights) if rank == 0 else None
         tracker.evaluation(result, steps, probes)
-        final = {"step": steps, "eval": result, "probes": probes, "mlflow_run_id": tracker.run_id}
+        final = {"step": steps, "eval": result, "probes": probes, "mlflow_run_id": tracker.run_id,
+                 "nodes": len(set(node_ids))}  # fmt: skip
         tracker.artifact(final, "result.json")
         _report(engine, steps, final)
         tracker.end("FINISHED")

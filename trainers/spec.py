@@ -100,6 +100,9 @@ class ResourceSpec(Strict):
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement of the workers over nodes (STRICT_SPREAD: one per node)"
+    )
 
 
 class EvalSpec(Strict):
@@ -151,8 +154,9 @@ class RunSpec(Strict):
         return self.optimizer.lr or PYTHIA_SIZES[self.model.size].lr
 
     def identity(self) -> dict[str, Any]:
-        """What determines the result: everything but naming, tracking and storage."""
-        return self.model_dump(mode="json", exclude={"name", "tracking", "storage_path"})
+        """What determines the result: everything but naming, tracking, storage and placement over nodes."""
+        return self.model_dump(mode="json", exclude={"name": True, "tracking": True, "storage_path": True,
+                                                     "resources": {"placement"}})  # fmt: skip
 
     def config_hash(self) -> str:
         return _hash(self.identity())
