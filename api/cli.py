@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,57 +39,90 @@ def zoo() -> None:
 
 
 @main.command()
-@click.option("--steps", type=click.IntRange(min=1), default=600, show_default=True, help="optimizer steps per arm")
-@click.option("--variant", type=click.Choice(["hidden", "kv", "both"]), default="both", show_default=True,
-              help="myopic variant(s), each trained against the same vanilla arm")  # fmt: skip
+@click.option("--port", type=int, default=0, help="the control plane's port (default: a free one)")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="also write the results here as JSON")
-def demo(steps: int, variant: str, json_out: str | None) -> None:
-    """Train matched vanilla/myopic arms on the synthetic task D_p (preset synthetic-cpu) and print the gap."""
-    from cluster.local import ensure_ray
-    from trainers.pair import run_pair
-    from trainers.paths import data_dir
-    from trainers.presets import preset
+def demo(port: int, json_out: str | None) -> None:
+    """The whole path on one machine: start the control plane (local Ray head, SQLite, local MLflow), submit the
+    `demo-synthetic` and `demo` sweeps over REST, follow them, print the gap tables, stop what it started."""
+    from api.client_cli import _call, _results_table, follow, submit
+    from services.settings import Settings
+    from trainers import data as d
 
-    variants = ("hidden", "kv") if variant == "both" else (variant,)
-    stamp = time.strftime("%Y%m%d-%H%M%S")  # fresh run names: a demo trains anew rather than resume the last one
-    spec = preset("synthetic-cpu", name=f"demo-{stamp}", train={"steps": steps, "checkpoint_interval": 0},
-                  tracking={"mlflow_uri": f"sqlite:///{data_dir() / 'mlflow.db'}", "experiment": "demo"})  # fmt: skip
-    t = spec.train
-    console.print(
-        f"D_p (p={spec.data.p}, b={spec.data.b}, {spec.data.lags} lags, T={t.seq_len}); GPT-NeoX 2 layers, d 128, "
-        f"2 heads, ReLU; batch {t.global_batch}, lr {spec.lr}, {steps} steps per arm; each arm a Ray Train run "
-        "with a DeepSpeed engine, same init and batches in every arm"
-    )
-    ensure_ray()
-    loss = TextColumn("loss {task.fields[loss]:.3f}")
-    columns = (TextColumn("{task.description:>13}"), BarColumn(), MofNCompleteColumn(), loss, TimeElapsedColumn())
-    names = ["vanilla", *(f"myopic-{v}" for v in variants)]
-    with Progress(*columns, console=console) as progress:
-        bars = {name: progress.add_task(name, total=steps, loss=float("nan")) for name in names}
-        results = run_pair(
-            spec, variants, lambda arm, s: progress.update(bars[arm], completed=s["step"], loss=s["loss"])
-        )
+    settings = Settings()
+    d.fetch(["wiki"], log=console.print)  # the text ladder's corpus and the tokenizer (once; then cached)
+    out_dir = settings.data_dir.expanduser() / "demo"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    port = port or _free_port()
+    url = f"http://127.0.0.1:{port}"
+    os.environ["MYOPIA_API_URL"] = url
+    # a store of its own: a control plane resumes every unfinished sweep of its store, and the demo runs its own
+    os.environ["MYOPIA_DATABASE_URL"] = f"sqlite:///{out_dir / time.strftime('demo-%Y%m%d-%H%M%S.db')}"
+    log = (out_dir / "serve.log").open("w")
+    console.print(f"starting the control plane at {url} (log: {log.name})")
+    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        _wait_ready(url, server, Path(log.name))
+        ids = [submit({"preset": name})["id"] for name in ("demo-synthetic", "demo")]
+        console.print(f"store {os.environ['MYOPIA_DATABASE_URL']}; MLflow {settings.mlflow}")
+        follow(*ids)
+        everything = {}
+        for sweep_id in ids:
+            sweep = _call("GET", f"/v1/sweeps/{sweep_id}").json()
+            res = _call("GET", f"/v1/sweeps/{sweep_id}/results").json()
+            png = out_dir / f"{sweep['name']}.png"
+            png.write_bytes(_call("GET", f"/v1/sweeps/{sweep_id}/results.png").content)
+            table = _results_table(res)
+            table.title = f"{sweep['name']} ({sweep_id}): {sweep['status']}"
+            console.print(table)
+            console.print(f"plot: {png}")
+            everything[sweep["name"]] = {"sweep": sweep, "results": res}
+        console.print("myopia gap = myopic − vanilla held-out loss (Huber/p on D_p, cross-entropy on text), "
+                      "same init, data order and hyper-parameters in both arms.")  # fmt: skip
+        mlflow = res["mlflow"] or {}
+        console.print(f"MLflow: experiments myopia/demo-synthetic and myopia/demo-text in {settings.mlflow}; "
+                      f"open the dashboard with `.venv/bin/mlflow ui --backend-store-uri {settings.mlflow}` "
+                      f"(http://127.0.0.1:5000), sweep run {mlflow.get('sweep_run_id')}")  # fmt: skip
+        if json_out:
+            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_out).write_text(json.dumps(everything, indent=1))
+            console.print(f"results written to {json_out}")
+    finally:
+        _stop(server)
+        log.close()
 
-    lags = spec.data.lags
-    table = Table("arm", "held-out Huber/p", f"positions ≥ {lags}", "gap vs vanilla", "MLflow run",
-                  title="D_p, held-out (predicting zero scores about 1.26)")  # fmt: skip
-    for name in names:
-        r, late = results[name], results[name]["eval"]["per_position"][lags:]
-        gap = "" if name == "vanilla" else f"{results['gap'][name]:+.3f}"
-        table.add_row(name, f"{r['eval']['huber_over_p']:.3f}", f"{sum(late) / len(late):.3f}", gap, r["mlflow_run_id"])
-    console.print(table)
-    console.print(
-        "myopia gap = myopic − vanilla held-out Huber/p. The kv variant cuts every path from future losses into "
-        "past positions; the hidden variant (the paper's) keeps the K/V weights' gradient, through which a model "
-        "can learn to read features that past positions computed for themselves (docs/results.md)."
-    )
-    console.print(f"MLflow: experiment 'demo' in {spec.tracking.mlflow_uri}; open the dashboard with "
-                  f"`.venv/bin/mlflow ui --backend-store-uri {spec.tracking.mlflow_uri}`")  # fmt: skip
-    if json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(json_out)), exist_ok=True)
-        with open(json_out, "w") as f:
-            json.dump(results, f, indent=1)
-        console.print(f"results written to {json_out}")
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise click.ClickException(f"the control plane exited ({server.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise click.ClickException(f"the control plane did not become ready in {timeout:.0f} s (log: {log})")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM: uvicorn shuts down and the process's Ray head goes with it; kill the group if it lingers."""
+    if server.poll() is None:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 @main.command()
@@ -134,9 +170,13 @@ def serve(host: str, port: int) -> None:
     from services.settings import Settings
 
     settings = Settings()
-    address = ensure_ray(jobs=True)
-    console.print(f"Ray jobs at {address}; database {settings.database}; MLflow {settings.mlflow}")
-    uvicorn.run(create_app(settings, Jobs(address)), host=host, port=port, log_level="info")
+    if settings.ray_address:  # a cluster: this checkout travels with each job, its image supplies the packages
+        jobs = Jobs(settings.ray_address, remote=True, python=settings.job_python)
+    else:
+        jobs = Jobs(ensure_ray(jobs=True))
+    console.print(f"Ray jobs at {settings.ray_address or 'a local head'}; database {settings.database}; "
+                  f"MLflow {settings.mlflow}")  # fmt: skip
+    uvicorn.run(create_app(settings, jobs), host=host, port=port, log_level="info")
 
 
 @main.command()

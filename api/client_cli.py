@@ -11,6 +11,7 @@ from typing import Any
 import click
 import httpx
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console()
@@ -59,26 +60,57 @@ def sweep() -> None:
 
 
 @sweep.command("submit")
-@click.argument("request_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("request_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--preset", help="a named request (demo, demo-synthetic, synthetic-paper, pythia-paper); the file's "
+              "fields override it")  # fmt: skip
+@click.option("--name", help="override the request's name")
 @click.option("--key", help="Idempotency-Key: submitting the same key again returns the same sweep")
 @click.option("--wait", is_flag=True, help="follow the sweep until it ends, then print the gap table")
-def sweep_submit(request_file: str, key: str | None, wait: bool) -> None:
-    """Submit the sweep request in REQUEST_FILE (JSON)."""
-    try:
-        body = json.loads(Path(request_file).read_text())
-    except json.JSONDecodeError as e:
-        raise click.ClickException(f"{request_file} is not JSON: {e}") from None
-    s = _call("POST", "/v1/sweeps", json=body, headers={"Idempotency-Key": key} if key else {}).json()
-    console.print(f"sweep {s['id']}: {len(s['runs'])} runs, {s['status']}")
+def sweep_submit(request_file: str | None, preset: str | None, name: str | None, key: str | None,
+                 wait: bool) -> None:  # fmt: skip
+    """Submit the sweep request in REQUEST_FILE (JSON) and/or a --preset."""
+    if not (request_file or preset):
+        raise click.UsageError("give a REQUEST_FILE, a --preset, or both")
+    body: dict[str, Any] = {}
+    if request_file:
+        try:
+            body = json.loads(Path(request_file).read_text())
+        except json.JSONDecodeError as e:
+            raise click.ClickException(f"{request_file} is not JSON: {e}") from None
+    body.update({k: v for k, v in {"preset": preset, "name": name}.items() if v})
+    s = submit(body, key)
     if wait:
-        with console.status("running") as status:
-            while s["status"] not in TERMINAL:
-                time.sleep(5)
-                s = _call("GET", f"/v1/sweeps/{s['id']}").json()
-                done = sum(r["status"] in TERMINAL for r in s["runs"])
-                status.update(f"{s['status']}: {done}/{len(s['runs'])} runs finished")
+        s = follow(s["id"])
         console.print(_runs_table(s))
         console.print(_results_table(_call("GET", f"/v1/sweeps/{s['id']}/results").json()))
+
+
+def submit(body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    s = _call("POST", "/v1/sweeps", json=body, headers={"Idempotency-Key": key} if key else {}).json()
+    console.print(f"sweep {s['id']}: {len(s['runs'])} runs, {s['status']}")
+    return s
+
+
+def follow(*sweep_ids: str, every: float = 3.0) -> dict[str, Any]:
+    """Poll the sweeps until all have ended, with a bar per run (its steps, from the job's progress); returns the
+    last sweep's final state."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn())  # fmt: skip
+    bars: dict[str, Any] = {}
+    with Progress(*columns, console=console) as progress:
+        while True:
+            sweeps = [_call("GET", f"/v1/sweeps/{i}").json() for i in sweep_ids]
+            for r in (r for s in sweeps for r in s["runs"]):
+                p = r.get("progress") or {}
+                steps = p.get("steps") or (r["result"] or {}).get("steps") or 1
+                done = steps if r["status"] == "succeeded" else p.get("step", 0)
+                info = r["status"] + (f"  loss {p['loss']:.3f}" if "loss" in p and r["status"] == "running" else "")
+                if r["id"] not in bars:
+                    bars[r["id"]] = progress.add_task(f"{r['size']:>5} s{r['seed']} {r['arm']:<7}", info="")
+                progress.update(bars[r["id"]], completed=done, total=steps, info=info)
+            if all(s["status"] in TERMINAL for s in sweeps):
+                return sweeps[-1]
+            time.sleep(every)
 
 
 @sweep.command("list")

@@ -98,6 +98,19 @@ def test_bad_requests_are_422_naming_the_field(server, change, field):
     assert httpx.get(f"{server.url}/v1/sweeps").json() == []  # nothing stored
 
 
+def test_presets_over_http(server):
+    with httpx.Client(base_url=server.url) as c:
+        made = c.post("/v1/sweeps", json={"preset": "demo", "seeds": [0, 1]})
+        assert made.status_code == 201, made.text
+        sweep = made.json()
+        assert sweep["name"] == "demo-text" and len(sweep["runs"]) == 8  # 2 sizes × 2 seeds × 2 arms
+        assert sweep["request"]["train"]["steps"] == 60 and sweep["request"]["preset"] == "demo"
+        bad = c.post("/v1/sweeps", json={"preset": "nope"})
+        assert bad.status_code == 422 and "unknown preset 'nope'" in bad.json()["message"]
+        bad = c.post("/v1/sweeps", json={"preset": "demo", "train": {"steps": 0}})
+        assert bad.status_code == 422 and "train.steps" in bad.json()["message"]
+
+
 def test_bearer_token(tmp_path):
     srv = Server(Settings(data_dir=tmp_path, api_token="s3cret")).start()
     try:
@@ -183,6 +196,7 @@ def test_the_cli_drives_the_api(server, tmp_path, monkeypatch):
     assert "retry requested" in cli.invoke(main, ["run", "show", run_id]).output
     assert "cancelled" in cli.invoke(main, ["sweep", "cancel", sweep_id]).output
     assert "myopia gap" in cli.invoke(main, ["sweep", "results", sweep_id]).output
+    assert "4 runs, queued" in cli.invoke(main, ["sweep", "submit", "--preset", "demo", "--name", "mine"]).output
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "x", "sizes": ["3b"], "seeds": [0]}')
     failed = cli.invoke(main, ["sweep", "submit", str(bad)])

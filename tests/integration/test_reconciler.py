@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import ray
 
+from api.cli import _free_port, _wait_ready
 from cluster.jobs import Jobs
 from services.planner import SweepRequest
 from services.reconciler import Reconciler
-from services.results import sweep_results
 from services.store import connect
 from services.sweeps import cancel_sweep, create_sweep, get_sweep
 
@@ -36,7 +39,7 @@ def head(tmp_path_factory):
     from cluster.local import ensure_ray
 
     address = ensure_ray(num_cpus=2, jobs=True)
-    yield {"root": root, "jobs": Jobs(address)}
+    yield {"root": root, "jobs": Jobs(address), "address": address}
     ray.shutdown()
 
 
@@ -55,23 +58,67 @@ def until(predicate, timeout: float = 400, step: float = 2.0, tick=None):
         time.sleep(step)
 
 
-def test_a_sweep_runs_as_ray_jobs_and_survives_a_restart(head, tmp_path):
-    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
-    sweep, _ = create_sweep(db, SweepRequest.model_validate(SWEEP), mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    first = reconciler(head, db)
-    first.tick()  # submits the first run
-    until(lambda: any(r.status == "running" for r in get_sweep(db, sweep.id).runs), tick=first.tick, timeout=120)
-    # the control plane dies here; a new one (same store) adopts the job instead of submitting it again
-    second = reconciler(head, db)
-    until(lambda: get_sweep(db, sweep.id).status in ("succeeded", "failed"), tick=second.tick)
-    done = get_sweep(db, sweep.id)
-    assert done.status == "succeeded", [(r.arm, r.status, r.error) for r in done.runs]
-    ids = [sid for sid in head["jobs"].submission_ids() if sid.startswith(sweep.id)]
-    assert sorted(ids) == sorted(f"{r.id}-a0" for r in done.runs)  # one job per run: nothing twice
-    results = sweep_results(db, sweep.id)
+def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
+    """`myopia serve` (a real process, on the test's Ray head as a cluster) is killed mid-sweep and restarted on
+    the same database: the sweep finishes, one job per run, with the gap in the API and in MLflow."""
+    env = {**os.environ, "RAY_ADDRESS": head["address"], "MYOPIA_JOB_PYTHON": sys.executable,
+           "MYOPIA_DATA_DIR": str(head["root"]), "MYOPIA_DATABASE_URL": f"sqlite:///{tmp_path / 'cp.db'}",
+           "MYOPIA_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MYOPIA_MAX_CONCURRENT_RUNS": "1"}  # fmt: skip
+    url = f"http://127.0.0.1:{_free_port()}"
+
+    def serve() -> subprocess.Popen:
+        log = tmp_path / "serve.log"
+        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", url.rsplit(":", 1)[1]], env=env,
+                                stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        _wait_ready(url, proc, log)
+        return proc
+
+    def sweep() -> dict:
+        return httpx.get(f"{url}/v1/sweeps/{sweep_id}").json()
+
+    first = serve()
+    sweep_id = httpx.post(f"{url}/v1/sweeps", json=SWEEP).json()["id"]
+    until(lambda: any(r["status"] == "running" for r in sweep()["runs"]), timeout=120)
+    first.kill()  # SIGKILL mid-run: no shutdown of any kind
+    first.wait()
+    second = serve()
+    try:
+        until(lambda: sweep()["status"] in ("succeeded", "failed"))
+        done = sweep()
+        results = httpx.get(f"{url}/v1/sweeps/{sweep_id}/results").json()
+    finally:
+        second.terminate()
+        second.wait(60)
+    assert done["status"] == "succeeded", [(r["arm"], r["status"], r["error"]) for r in done["runs"]]
+    assert all(r["attempt"] == 0 for r in done["runs"])
+    ids = [sid for sid in head["jobs"].submission_ids() if sid.startswith(sweep_id)]
+    assert sorted(ids) == sorted(f"{r['id']}-a0" for r in done["runs"])  # one job per run: nothing twice
     assert results["sizes"][0]["n_params_nonembedding"] == 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64  # the overrides
     assert results["sizes"][0]["n_pairs"] == 1 and results["pairs"][0]["gap"] == pytest.approx(
         results["pairs"][0]["myopic_loss"] - results["pairs"][0]["vanilla_loss"])  # fmt: skip
+    check_mlflow(results)
+
+
+def check_mlflow(results: dict) -> None:
+    """The sweep's MLflow run holds the results; its pair run the gap; the pair's arm runs sit under it."""
+    from mlflow.tracking import MlflowClient
+
+    links = results["mlflow"]
+    client = MlflowClient(links["tracking_uri"])
+    sweep_run = client.get_run(links["sweep_run_id"])
+    assert sweep_run.info.status == "FINISHED"
+    store_dir = Path(links["tracking_uri"].removeprefix("sqlite:///")).parent
+    assert sweep_run.info.artifact_uri.startswith(store_dir.as_uri())  # beside the store, not in some cwd
+    assert {"results.json", "gap_vs_scale.png", "gap_table.json"} <= {
+        a.path for a in client.list_artifacts(sweep_run.info.run_id)}  # fmt: skip
+    (row,) = results["pairs"]
+    pair_run = client.get_run(links["pair_run_ids"][row["pair_id"]])
+    assert pair_run.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
+    assert pair_run.data.metrics["gap"] == pytest.approx(row["gap"])
+    assert pair_run.data.metrics["n_params_nonembedding"] == row["n_params_nonembedding"]
+    arms = client.search_runs([links["experiment_id"]], f"tags.mlflow.parentRunId = '{pair_run.info.run_id}'")
+    assert sorted(r.data.tags["arm"] for r in arms) == ["myopic", "vanilla"]
+    assert all(r.info.status == "FINISHED" for r in arms)
 
 
 def test_cancel_stops_the_job(head, tmp_path):
