@@ -9,7 +9,9 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast lint format bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install postgres demo test test-fast lint format bench up down clean
 
 install: $(STAMP)
 
@@ -25,10 +27,15 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	$(BIN)/myopia demo --json-out $(MYOPIA_DATA_DIR)/demo-results.json
 
-test: install
+# The store's tests start their own PostgreSQL server: Debian's package, installed here if missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: install postgres
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: install
+test-fast: install postgres
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
@@ -41,6 +48,14 @@ format: install
 
 bench: install
 	$(BIN)/python bench/myopic_attention.py
+
+# The compose stack (needs a Docker engine; none runs on the development machines: see the README).
+up:
+	docker compose up -d --build
+	@echo "API http://127.0.0.1:8000/docs, MLflow http://127.0.0.1:5000, Ray dashboard http://127.0.0.1:8265"
+
+down:
+	docker compose down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
