@@ -49,7 +49,10 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
         app.state.db = connect(settings.database)  # migrates: a restarted control plane finds its sweeps
         app.state.reconciler = None
         stop = threading.Event()
-        fire = lambda: scheduler.tick(app.state.db, mlflow_uri=settings.mlflow, profile=settings.resource_profile)  # noqa: E731
+
+        def fire() -> None:
+            scheduler.tick(app.state.db, mlflow_uri=settings.mlflow, profile=settings.resource_profile)
+
         threading.Thread(target=_every, args=(30.0, fire, stop), name="scheduler", daemon=True).start()
         if jobs is not None:
             rec = Reconciler(app.state.db, jobs, settings.data_dir.expanduser(),

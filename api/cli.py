@@ -181,11 +181,19 @@ def serve(host: str, port: int) -> None:
 
 @main.command()
 def presets() -> None:
-    """The named run presets."""
+    """The named run presets (`myopia train --preset`) and sweep presets (`myopia sweep submit --preset`)."""
+    from services.sweep_presets import SWEEP_PRESETS
     from trainers.presets import PRESETS
 
+    console.print("[bold]run presets[/bold]")
     for name, build in PRESETS.items():
-        console.print(f"[bold]{name}[/bold]: {build.__doc__}")
+        console.print(f"  [bold]{name}[/bold]: {build.__doc__}")
+    console.print("[bold]sweep presets[/bold]")
+    for name, r in SWEEP_PRESETS.items():
+        data = r["dataset"]
+        what = f"D_p b={data['b']}" if data["kind"] == "synthetic" else data.get("corpus") or data.get("dataset")
+        console.print(f"  [bold]{name}[/bold]: {r.get('protocol', 'scratch')}, sizes {', '.join(r['sizes'])}, "
+                      f"{len(r['seeds'])} seed(s), {what}, {r['train']['steps']:,} steps")  # fmt: skip
 
 
 @main.group()
