@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cluster.jobs import ACTIVE, Jobs, submission_id
 from services import sweep_tracking
 from services.store import Run, Sweep
+from trainers.paths import progress_file, run_storage
 
 RUNNING_STATES = ("submitted", "running")
 
@@ -81,8 +82,7 @@ class Reconciler:
         self._failed(run, f"{why}: {self.jobs.logs(run.submission_id)[-2000:]}" if status else why)
 
     def _progress_file(self, run: Run) -> Path:
-        storage = run.spec.get("storage_path")  # as trainers.entry.storage_path, with the jobs' data dir
-        return (Path(storage).expanduser() if storage else self.work_dir / "runs") / f"{run.id}.progress.json"
+        return progress_file(run_storage(run.spec.get("storage_path"), self.work_dir), run.id)  # the jobs' data dir
 
     def _progress(self, run: Run) -> None:
         """The job's rank 0 writes {step, steps, loss} beside its checkpoints (readable where storage is shared)."""

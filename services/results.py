@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from services.gap_stats import GapFit, SizeGap, fit_gap, size_gap  # noqa: E402
+from services.store import Sweep  # noqa: E402
 from services.sweep_tracking import links  # noqa: E402
 from services.sweeps import get_sweep  # noqa: E402
 from trainers.evaluate import headline  # noqa: E402
@@ -31,9 +32,8 @@ def _nonembedding(spec: dict[str, Any]) -> int:
     return count_params(model["size"], vocab_size=model.get("vocab_size"), **model.get("overrides", {}))[1]
 
 
-def pair_gaps(db: sessionmaker, sweep_id: str) -> list[dict[str, Any]]:
+def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
     """One row per pair whose two runs both succeeded: losses, gap, and the gap per position."""
-    sweep = get_sweep(db, sweep_id)
     arms: dict[str, dict[str, Any]] = defaultdict(dict)
     for run in sweep.runs:
         if run.status == "succeeded" and run.result:
@@ -55,7 +55,8 @@ def pair_gaps(db: sessionmaker, sweep_id: str) -> list[dict[str, Any]]:
 
 def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
     """The API's results document: per size (in scale order), the fit, and the pairs behind them."""
-    rows = pair_gaps(db, sweep_id)
+    sweep = get_sweep(db, sweep_id)
+    rows = pair_gaps(sweep)
     by_size: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_size[row["size"]].append(row)
@@ -70,7 +71,6 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
     ]
     fit: GapFit | None = fit_gap(sizes)
     rows_out = [s.model_dump() for s in sizes]
-    sweep = get_sweep(db, sweep_id)
     previous = sweep.previous_sweep_id
     if previous:  # a scheduled rerun: flag sizes whose gap left the previous sweep's interval
         before = {s["size"]: s for s in sweep_results(db, previous)["sizes"]}

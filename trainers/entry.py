@@ -23,7 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster.jobs import RESULT_MARK
 from trainers.loop import train_loop
-from trainers.paths import data_dir
+from trainers.paths import progress_file, run_storage
 from trainers.spec import RunSpec, SpecError, load_spec, parse_spec
 
 
@@ -32,7 +32,7 @@ def run_name(spec: RunSpec) -> str:
 
 
 def storage_path(spec: RunSpec) -> Path:
-    return Path(spec.storage_path or data_dir() / "runs").expanduser().resolve()
+    return run_storage(spec.storage_path)
 
 
 def run(
@@ -47,14 +47,14 @@ def run(
         ray.init(log_to_driver=False)
     r, gpus = spec.resources, spec.resources.gpus_per_worker
     name, storage = run_name(spec), storage_path(spec)
-    progress_file = storage / f"{name}.progress.json"
+    progress = progress_file(storage, name)
     storage.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
             "spec": spec.model_dump_json(),
             "fail_at_step": fail_at_step,
-            "progress_file": str(progress_file),
+            "progress_file": str(progress),
         },  # fmt: skip
         scaling_config=ScalingConfig(
             num_workers=r.workers,
@@ -71,7 +71,7 @@ def run(
         ),
     )
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(progress_file, on_progress, stop), daemon=True)
+    watcher = threading.Thread(target=_watch, args=(progress, on_progress, stop), daemon=True)
     if on_progress:
         watcher.start()
     try:

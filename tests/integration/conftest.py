@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+
+from api.cli import _free_port
 
 
 def _pg_bin() -> Path:
@@ -31,9 +32,7 @@ def postgres_server():
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(root, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     data = root / "data"
 
     def pg(*cmd: str) -> None:

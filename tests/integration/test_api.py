@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -11,6 +10,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from api.cli import _free_port
 from services.settings import Settings
 
 REQUEST = {"name": "ladder", "sizes": ["14m", "70m"], "seeds": [0, 1], "dataset": {"kind": "text", "corpus": "wiki"},
@@ -22,9 +22,7 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
