@@ -15,10 +15,11 @@ from sqlalchemy import text
 from api.schemas import ErrorOut, RunOut, ScheduleOut, SweepOut
 from cluster.jobs import Jobs
 from services import results, scheduler, sweeps
-from services.planner import SweepRequest
+from services.planner import FieldError, SweepRequest
 from services.reconciler import Reconciler
 from services.settings import Settings
 from services.store import connect
+from trainers.spec import error_path
 
 
 def _every(interval: float, fn, stop: threading.Event) -> None:
@@ -40,6 +41,13 @@ def _error(code: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=code, content={"error": kind, "message": message})
 
 
+def _invalid_fields(errors: list[tuple[str, str]]) -> JSONResponse:
+    """422 naming each field by its path in the request (`run.train.steps`)."""
+    fields = [{"field": field if field != "(top level)" else "body", "message": msg} for field, msg in errors]
+    message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return JSONResponse(status_code=422, content={"error": "validation", "message": message, "detail": fields})
+
+
 def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> FastAPI:
     """The app; with `jobs` (a Ray job server) it also runs the reconciler that executes the sweeps."""
     settings = settings or Settings()
@@ -55,27 +63,35 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
 
         threading.Thread(target=_every, args=(30.0, fire, stop), name="scheduler", daemon=True).start()
         if jobs is not None:
-            rec = Reconciler(app.state.db, jobs, settings.data_dir.expanduser(),
-                             max_concurrent=settings.max_concurrent_runs, max_attempts=settings.max_attempts,
-                             job_env={"MYOPIA_DATA_DIR": str(settings.data_dir.expanduser())})  # fmt: skip
+            rec = Reconciler(
+                app.state.db,
+                jobs,
+                settings.data_dir.expanduser(),
+                max_concurrent=settings.max_concurrent_runs,
+                max_attempts=settings.max_attempts,
+                job_env={"MYOPIA_DATA_DIR": str(settings.data_dir.expanduser())},
+            )
             threading.Thread(target=_every, args=(2.0, rec.tick, stop), name="reconciler", daemon=True).start()
             app.state.reconciler = rec
         yield
         stop.set()
 
-    app = FastAPI(title="myopia", version="0.1.0", lifespan=lifespan,
-                  description="Scaling sweeps of myopic training: the myopia gap against model scale.")  # fmt: skip
+    app = FastAPI(
+        title="myopia",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Scaling sweeps of myopic training: the myopia gap against model scale.",
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        def where(err: dict) -> str:
-            loc = [str(p) for p in err["loc"] if p not in ("body",)]
-            return ".".join(loc) or "body"
+        return _invalid_fields(
+            [(error_path({**err, "loc": [p for p in err["loc"] if p != "body"]}), err["msg"]) for err in e.errors()]
+        )
 
-        message = "; ".join(f"{where(err)}: {err['msg']}" for err in e.errors())
-        return JSONResponse(status_code=422, content={"error": "validation", "message": message,
-                                                      "detail": [{"field": where(e_), "message": e_["msg"]}
-                                                                 for e_ in e.errors()]})  # fmt: skip
+    @app.exception_handler(FieldError)
+    async def _refused_fields(_: Request, e: FieldError) -> JSONResponse:
+        return _invalid_fields(e.errors)
 
     @app.exception_handler(sweeps.NotFound)
     async def _missing(_: Request, e: sweeps.NotFound) -> JSONResponse:
@@ -101,10 +117,16 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)], responses={401: {"model": ErrorOut}})
 
     @v1.post("/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepOut)
-    def create_sweep(body: SweepRequest, request: Request,
-                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None):  # fmt: skip
-        sweep, created = sweeps.create_sweep(request.app.state.db, body, idempotency_key=idempotency_key,
-                                             mlflow_uri=settings.mlflow, profile=settings.resource_profile)  # fmt: skip
+    def create_sweep(
+        body: SweepRequest, request: Request, idempotency_key: Annotated[str | None, Header(max_length=200)] = None
+    ):
+        sweep, created = sweeps.create_sweep(
+            request.app.state.db,
+            body,
+            idempotency_key=idempotency_key,
+            mlflow_uri=settings.mlflow,
+            profile=settings.resource_profile,
+        )
         return JSONResponse(status_code=201 if created else 200, content=SweepOut.of(sweep).model_dump(mode="json"))
 
     @v1.get("/sweeps", response_model=list[SweepOut])
@@ -125,8 +147,7 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
 
     @v1.get("/sweeps/{sweep_id}/results.png", responses={200: {"content": {"image/png": {}}}})
     def sweep_results_png(sweep_id: str, request: Request) -> Response:
-        return Response(results.gap_plot(results.sweep_results(request.app.state.db, sweep_id)),
-                        media_type="image/png")  # fmt: skip
+        return Response(results.gap_plot(results.sweep_results(request.app.state.db, sweep_id)), media_type="image/png")
 
     @v1.get("/runs/{run_id}", response_model=RunOut, responses={404: {"model": ErrorOut}})
     def get_run(run_id: str, request: Request):
@@ -149,7 +170,8 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
 
     @v1.post("/schedules", status_code=201, response_model=ScheduleOut)
     def add_schedule(body: scheduler.ScheduleRequest, request: Request):
-        return ScheduleOut.model_validate(scheduler.add_schedule(request.app.state.db, body), from_attributes=True)
+        schedule = scheduler.add_schedule(request.app.state.db, body, settings.resource_profile)
+        return ScheduleOut.model_validate(schedule, from_attributes=True)
 
     @v1.get("/schedules", response_model=list[ScheduleOut])
     def list_schedules(request: Request):

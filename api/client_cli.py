@@ -38,20 +38,49 @@ def _call(method: str, path: str, **kw: Any) -> httpx.Response:
 
 
 def _runs_table(sweep: dict[str, Any]) -> Table:
-    table = Table("run", "size", "seed", "arm", "status", "attempt", title=f"{sweep['id']} {sweep['name']}: "
-                  f"{sweep['status']}")  # fmt: skip
+    table = Table(
+        "run", "size", "seed", "arm", "status", "attempt", title=f"{sweep['id']} {sweep['name']}: {sweep['status']}"
+    )
     for r in sweep["runs"]:
         table.add_row(r["id"], r["size"], str(r["seed"]), r["arm"], r["status"], str(r["attempt"]))
     return table
 
 
 def _results_table(res: dict[str, Any]) -> Table:
-    table = Table("size", "non-embedding params", "pairs", "vanilla", "myopic", "gap", "95% CI", title="myopia gap")
+    drift = any("test" in s for s in res["sizes"])
+    columns = ["size", "non-embedding params", "pairs", "vanilla", "myopic", "gap", "95% CI over seeds"]
+    table = Table(*columns, *(["drift (Welch)"] if drift else []), title="myopia gap")
     for s in res["sizes"]:
-        ci = "-" if s["gap_ci95"] is None else f"[{s['gap_ci95'][0]:+.4f}, {s['gap_ci95'][1]:+.4f}]"
-        table.add_row(s["size"], f"{s['n_params_nonembedding']:,}", str(s["n_pairs"]), f"{s['vanilla_loss_mean']:.4f}",
-                      f"{s['myopic_loss_mean']:.4f}", f"{s['gap_mean']:+.4f}", ci)  # fmt: skip
+        ci = "- (one pair)" if s["gap_ci95"] is None else f"[{s['gap_ci95'][0]:+.4f}, {s['gap_ci95'][1]:+.4f}]"
+        row = [
+            s["size"],
+            f"{s['n_params_nonembedding']:,}",
+            str(s["n_pairs"]),
+            f"{s['vanilla_loss_mean']:.4f}",
+            f"{s['myopic_loss_mean']:.4f}",
+            f"{s['gap_mean']:+.4f}",
+            ci,
+        ]
+        if drift:
+            moved = "yes" if s.get("drift") else "no"
+            row.append(s["test"] if s.get("p_value") is None else f"{moved}, p = {s['p_value']:.3g}")
+        table.add_row(*row)
     return table
+
+
+def fit_lines(res: dict[str, Any]) -> list[str]:
+    """The fits of the gap against scale, in words."""
+    lines = []
+    for key, what in (("fit", "all sizes"), ("fit_from_160m", "from 160m up")):
+        f = res.get(key)
+        if f:
+            how = "weighted by each size's standard error" if f["weighted"] else "unweighted (a size has one pair)"
+            lines.append(
+                f"fit over {what} ({f['n_points']} sizes, {how}): gap = {f['intercept']:+.4f} "
+                f"{f['slope']:+.4f} · log10(params), slope 95% CI [{f['slope_ci95'][0]:+.4f}, "
+                f"{f['slope_ci95'][1]:+.4f}], R² {f['r_squared']:.3f}"
+            )
+    return lines
 
 
 @click.group()
@@ -59,16 +88,8 @@ def sweep() -> None:
     """Scaling sweeps on the control plane."""
 
 
-@sweep.command("submit")
-@click.argument("request_file", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option("--preset", help="a named request (demo, demo-synthetic, synthetic-paper, pythia-paper); the file's "
-              "fields override it")  # fmt: skip
-@click.option("--name", help="override the request's name")
-@click.option("--key", help="Idempotency-Key: submitting the same key again returns the same sweep")
-@click.option("--wait", is_flag=True, help="follow the sweep until it ends, then print the gap table")
-def sweep_submit(request_file: str | None, preset: str | None, name: str | None, key: str | None,
-                 wait: bool) -> None:  # fmt: skip
-    """Submit the sweep request in REQUEST_FILE (JSON) and/or a --preset."""
+def request_body(request_file: str | None, preset: str | None, name: str | None = None) -> dict[str, Any]:
+    """A sweep request from a JSON file and/or a preset name (the file's fields override the preset's)."""
     if not (request_file or preset):
         raise click.UsageError("give a REQUEST_FILE, a --preset, or both")
     body: dict[str, Any] = {}
@@ -77,8 +98,52 @@ def sweep_submit(request_file: str | None, preset: str | None, name: str | None,
             body = json.loads(Path(request_file).read_text())
         except json.JSONDecodeError as e:
             raise click.ClickException(f"{request_file} is not JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise click.ClickException(f"{request_file}: a sweep request is a JSON object")
     body.update({k: v for k, v in {"preset": preset, "name": name}.items() if v})
-    s = submit(body, key)
+    return body
+
+
+PRESET_HELP = "a named sweep (`myopia presets`); the file's fields override it"
+
+
+@sweep.command("plan")
+@click.argument("request_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--preset", help=PRESET_HELP)
+@click.option(
+    "--profile", help="resource profile of cluster/resources.yaml (default: the preset's, else MYOPIA_RESOURCE_PROFILE)"
+)
+def sweep_plan(request_file: str | None, preset: str | None, profile: str | None) -> None:
+    """Print the runs a sweep request plans to, as JSON {"runs": [RunSpec, ...]}, without a server: the specs its
+    jobs get (the control plane adds each run's name and MLflow tracking)."""
+    from pydantic import ValidationError
+
+    from services.planner import FieldError, SweepRequest, plan, profile_of
+    from services.settings import Settings
+    from trainers.spec import error_path
+
+    body = request_body(request_file, preset)
+    body.setdefault("name", body.get("preset") or "plan")
+    try:
+        profile = profile or profile_of(body, Settings().resource_profile)
+        pairs = plan(SweepRequest.model_validate(body), profile=profile)
+    except ValidationError as e:
+        raise click.ClickException("; ".join(f"{error_path(err)}: {err['msg']}" for err in e.errors())) from None
+    except FieldError as e:
+        raise click.ClickException(str(e)) from None
+    runs = [spec.model_dump(mode="json") for p in pairs for spec in p.runs.values()]
+    click.echo(json.dumps({"runs": runs}, indent=1))
+
+
+@sweep.command("submit")
+@click.argument("request_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--preset", help=PRESET_HELP)
+@click.option("--name", help="override the request's name")
+@click.option("--key", help="Idempotency-Key: submitting the same key again returns the same sweep")
+@click.option("--wait", is_flag=True, help="follow the sweep until it ends, then print the gap table")
+def sweep_submit(request_file: str | None, preset: str | None, name: str | None, key: str | None, wait: bool) -> None:
+    """Submit the sweep request in REQUEST_FILE (JSON) and/or a --preset."""
+    s = submit(request_body(request_file, preset, name), key)
     if wait:
         s = follow(s["id"])
         console.print(_runs_table(s))
@@ -94,8 +159,13 @@ def submit(body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
 def follow(*sweep_ids: str, every: float = 3.0) -> dict[str, Any]:
     """Poll the sweeps until all have ended, with a bar per run (its steps, from the job's progress); returns the
     last sweep's final state."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
     bars: dict[str, Any] = {}
     with Progress(*columns, console=console) as progress:
         while True:
@@ -139,10 +209,8 @@ def sweep_cancel(sweep_id: str) -> None:
 def sweep_results(sweep_id: str, png: str | None) -> None:
     res = _call("GET", f"/v1/sweeps/{sweep_id}/results").json()
     console.print(_results_table(res))
-    if res["fit"]:
-        f = res["fit"]
-        console.print(f"fit: gap = {f['intercept']:+.4f} {f['slope']:+.4f} · log10(params), slope 95% CI "
-                      f"[{f['slope_ci95'][0]:+.4f}, {f['slope_ci95'][1]:+.4f}], R² {f['r_squared']:.3f}")  # fmt: skip
+    for line in fit_lines(res):
+        console.print(line)
     if png:
         Path(png).write_bytes(_call("GET", f"/v1/sweeps/{sweep_id}/results.png").content)
         console.print(f"plot: {png}")
@@ -191,8 +259,13 @@ def schedule() -> None:
 @schedule.command("add")
 @click.argument("name")
 @click.option("--cron", required=True, help="five-field cron expression, UTC, e.g. '0 3 * * 1'")
-@click.option("--template", "template_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="a sweep request (JSON), as for `myopia sweep submit`")  # fmt: skip
+@click.option(
+    "--template",
+    "template_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="a sweep request (JSON), as for `myopia sweep submit`",
+)
 def schedule_add(name: str, cron: str, template_file: str) -> None:
     try:
         template = json.loads(Path(template_file).read_text())

@@ -34,9 +34,21 @@ class RunOut(BaseModel):
     def of(cls, run: Any, events: bool = False) -> RunOut:
         spec = run.spec
         history = [RunEventOut.model_validate(e, from_attributes=True) for e in run.events] if events else []
-        return cls(id=run.id, sweep_id=run.sweep_id, pair_id=run.pair_id, arm=run.arm, size=spec["model"]["size"],
-                   seed=spec["seed"], status=run.status, attempt=run.attempt, config_hash=run.config_hash,
-                   error=run.error, result=run.result, progress=run.progress, events=history)  # fmt: skip
+        return cls(
+            id=run.id,
+            sweep_id=run.sweep_id,
+            pair_id=run.pair_id,
+            arm=run.arm,
+            size=spec["model"]["size"],
+            seed=spec["seed"],
+            status=run.status,
+            attempt=run.attempt,
+            config_hash=run.config_hash,
+            error=run.error,
+            result=run.result,
+            progress=run.progress,
+            events=history,
+        )
 
 
 class SweepOut(BaseModel):
@@ -49,8 +61,14 @@ class SweepOut(BaseModel):
 
     @classmethod
     def of(cls, sweep: Any) -> SweepOut:
-        return cls(id=sweep.id, name=sweep.name, status=sweep.status, created_at=sweep.created_at,
-                   request=sweep.request, runs=[RunOut.of(r) for r in sweep.runs])  # fmt: skip
+        return cls(
+            id=sweep.id,
+            name=sweep.name,
+            status=sweep.status,
+            created_at=sweep.created_at,
+            request=sweep.request,
+            runs=[RunOut.of(r) for r in sweep.runs],
+        )
 
 
 class ErrorOut(BaseModel):

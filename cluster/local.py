@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 LOOPBACK_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # Ray reads this once, when first imported: without it a local head binds the host's interface address
-    # even when told 127.0.0.1 (STACK.md). Import this module before anything imports ray.
+    # even when told 127.0.0.1.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_AUTH_MODE": "disabled",  # a loopback-only head; real clusters set their own auth
 }
-if not os.environ.get("RAY_ADDRESS"):
-    for _key, _value in LOOPBACK_ENV.items():
-        os.environ.setdefault(_key, _value)
 
-import ray  # noqa: E402
+
+def configure_loopback() -> None:
+    """Entry points call this before anything imports ray: a local head must stay on loopback."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
+        raise RuntimeError("ray was imported before cluster.local.configure_loopback(): call it first")
+    for key, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def ensure_ray(num_cpus: int | None = None, *, jobs: bool = False) -> str | None:
@@ -25,6 +31,9 @@ def ensure_ray(num_cpus: int | None = None, *, jobs: bool = False) -> str | None
     With `jobs`, the local head also runs the dashboard's job server (on 127.0.0.1); returns its address.
     """
     global _jobs_address
+    configure_loopback()
+    import ray
+
     if ray.is_initialized():
         return _jobs_address if jobs else None
     if os.environ.get("RAY_ADDRESS"):
@@ -42,7 +51,7 @@ def ensure_ray(num_cpus: int | None = None, *, jobs: bool = False) -> str | None
     outside = [n["NodeManagerAddress"] for n in ray.nodes() if n["NodeManagerAddress"] != "127.0.0.1"]
     if outside:
         ray.shutdown()
-        raise RuntimeError(f"the local Ray head bound {outside}, not loopback: import cluster.local before ray")
+        raise RuntimeError(f"the local Ray head bound {outside}, not loopback: call configure_loopback() first")
     _jobs_address = f"http://{context.dashboard_url}" if jobs else None
     return _jobs_address
 

@@ -1,5 +1,5 @@
 """Per-GPU memory of each Pythia size as the gpu profile of `cluster/resources.yaml` places it, for the paper's
-fine-tune (`pythia-paper`: global batch 1024 × 64 tokens, fp16): model states from DeepSpeed's own ZeRO
+fine-tune (`pythia-paper`: global batch 6,144 × 64 tokens, fp16): model states from DeepSpeed's own ZeRO
 estimators (no offload) and activations by Korthikanti et al.'s count, s·b·h·(34 + 5·a·s/h) bytes per layer,
 plus the logits. `python -m cluster.memory` prints the table (docs/operations.md)."""
 
@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import trainers.engine  # noqa: F401  (sets DeepSpeed's accelerator before deepspeed is imported)
-from services.planner import resources
+from cluster.resources import placement
 from trainers.models import PYTHIA_SIZES, PYTHIA_VOCAB
+from trainers.spec import ResourceSpec
 
 GPU_GB = 80
 GIB = 1024**3
@@ -43,11 +44,12 @@ def model_states_bytes(n_params: int, largest_layer: int, stage: int, gpus: int)
     return 4 * n_params + (16 * n_params // gpus if stage == 1 else 16 * n_params)
 
 
-def estimate(size: str, global_batch: int = 1024, seq_len: int = 64, profile: str = "gpu") -> Estimate:
+def estimate(size: str, global_batch: int = 6144, seq_len: int = 64, profile: str = "gpu") -> Estimate:
     s = PYTHIA_SIZES[size]
-    res = resources(size, profile)
+    where = placement(size, profile)
+    res = ResourceSpec.model_validate(where.resources)
     gpus = int(res.workers * res.gpus_per_worker)
-    micro = global_batch // gpus  # the planner's default micro batch: no gradient accumulation
+    micro = where.micro_batch(global_batch, res.workers)  # as the planner picks it
     h, a, L = s.hidden, s.heads, s.layers
     largest = max(PYTHIA_VOCAB * h, 12 * h * h)  # the embedding outweighs a block below 1b
     states = model_states_bytes(s.n_params(), largest, res.zero_stage, gpus)
@@ -63,5 +65,7 @@ if __name__ == "__main__":
     print("| size | ZeRO | GPUs | micro batch | model states GiB/GPU | activations GiB/GPU | total GiB/GPU |")
     print("|---|---|---|---|---|---|---|")
     for e in table():
-        print(f"| {e.size} | {e.zero_stage} | {e.gpus} | {e.micro_batch} | {e.model_states_gib:.1f} | "
-              f"{e.activations_gib:.1f} | {e.total_gib:.1f} |")  # fmt: skip
+        print(
+            f"| {e.size} | {e.zero_stage} | {e.gpus} | {e.micro_batch} | {e.model_states_gib:.1f} | "
+            f"{e.activations_gib:.1f} | {e.total_gib:.1f} |"
+        )

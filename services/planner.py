@@ -1,74 +1,132 @@
-"""SweepRequest → matched pairs of RunSpecs.
+"""Sweep requests into matched pairs of RunSpecs.
 
-Every pair is (size, seed); its two runs are built from one spec and differ in `attention.mode` alone, which
-`trainers.spec.check_matched` enforces before anything is stored. Resources per size come from
-`cluster/resources.yaml`.
+A sweep is a run template plus its axes. The template (`run`) has the sections and field names of
+`trainers.spec.RunSpec`, with the same validation; the planner fills in only what depends on the size: the model
+size, the resources of the cluster profile (`cluster/resources.yaml`, under what the template sets), the
+micro-batch that fits the size, the learning rate (`run.optimizer.lr`, else `lr_by_size`, else `lr_scale` × the
+size's Pythia lr) and `{size}` in a fine-tune checkpoint. Each pair's two runs differ in `attention.mode` alone,
+which `trainers.spec.check_matched` enforces before anything is stored. Errors name the field by its path in the
+request (`run.train.steps`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_origin
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from services.sweep_presets import apply_preset
-from trainers.models import PYTHIA_SIZES
-from trainers.spec import DataSpec, ResourceSpec, RunSpec, TextData, TrackingSpec, check_matched
+from cluster.resources import placement
+from services.presets import PRESETS, merge
+from trainers.models import PYTHIA_SIZES, SizeName
+from trainers.myopic import AttentionMode
+from trainers.spec import RunSpec, check_matched, error_path
 
-RESOURCES = Path(__file__).resolve().parents[1] / "cluster" / "resources.yaml"
-SizeName = Literal["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
+# Fields of a RunSpec the request's axes or the service set; a template that sets them is refused.
+SET_ELSEWHERE = {
+    "name": "set by the service (each run is named after its sweep, size, seed and arm)",
+    "seed": "set per run by `seeds`",
+    "model.size": "set per run by `sizes`",
+    "attention.mode": "set per run by `arms`",
+    "tracking": "set by the service",
+    "storage_path": "set by the service",
+}
 
 
-class Strict(BaseModel):
+class FieldError(ValueError):
+    """A request refused; `errors` are (field path, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
+
+
+def _refuse(why: str):
+    def check(value: Any) -> Any:
+        raise ValueError(why)
+
+    return check
+
+
+def _template_of(model: type[BaseModel], prefix: str = "") -> type[BaseModel]:
+    """A model with `model`'s fields, each optional with its own constraints; fields set elsewhere refused.
+    Section validators that look across fields run when the planner builds the whole RunSpec."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        if path in SET_ELSEWHERE:
+            fields[name] = (Annotated[Any, AfterValidator(_refuse(SET_ELSEWHERE[path]))], None)
+            continue
+        annotation = _template_type(info.annotation, f"{path}.")
+        partial = copy.copy(info)
+        partial.default, partial.default_factory = None, None
+        fields[name] = (annotation | None, partial)
+    config = ConfigDict(extra="forbid", frozen=True)
+    return create_model(f"{model.__name__.removesuffix('Spec')}Template", __config__=config, **fields)
+
+
+def _template_type(annotation: Any, prefix: str) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _template_of(annotation, prefix)
+    if get_origin(annotation) is Union:
+        return annotation  # the data section: one of its kinds, whole (defaults fill what it leaves out)
+    return annotation
+
+
+RunTemplate = _template_of(RunSpec)
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+class SweepRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-class TrainOptions(Strict):
-    steps: int = Field(1000, ge=1)
-    seq_len: int = Field(64, ge=2, le=2048)
-    batch_size: int = Field(32, ge=1, description="global batch (sequences per optimizer step)")
-    micro_batch: int | None = Field(None, ge=1, description="default: the global batch split over the workers")
-    lr: float | None = Field(None, gt=0.0, description="default: lr_scale × the size's Pythia learning rate")
-    lr_scale: float = Field(1.0, gt=0.0, description="with lr unset: the multiple of each size's Pythia lr")
-    warmup_frac: float = Field(0.01, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    checkpoint_interval: int = Field(0, ge=0)
-    eval_sequences: int = Field(256, ge=1)
-    model_overrides: dict[str, Any] = Field(default_factory=dict, description="GPTNeoXConfig fields for every size")
-
-
-class MyopicOptions(Strict):
-    variant: Literal["hidden", "kv"] = "hidden"
-    beta: float = Field(0.0, ge=0.0, le=1.0)
-
-
-class SweepRequest(Strict):
     name: str = Field(min_length=1, max_length=200)
-    sizes: list[SizeName] = Field(min_length=1)
-    arms: list[Literal["vanilla", "myopic"]] = Field(default_factory=lambda: ["vanilla", "myopic"], min_length=1)
-    seeds: list[int] = Field(min_length=1)
-    protocol: Literal["scratch", "finetune"] = "scratch"
-    checkpoint: str = Field("EleutherAI/pythia-{size}", description="finetune: hub id or directory; {size} filled in")
-    dataset: DataSpec = TextData()
-    train: TrainOptions = TrainOptions()
-    myopic: MyopicOptions = MyopicOptions()
-    preset: str | None = Field(None, description="a named request (services.sweep_presets) under the given fields")
+    sizes: list[SizeName] = Field(min_length=1, max_length=len(PYTHIA_SIZES))
+    seeds: list[Seed] = Field(min_length=1, max_length=100)
+    arms: list[AttentionMode] = Field(default_factory=lambda: ["vanilla", "myopic"], min_length=1, max_length=2)
+    preset: PresetName | None = Field(None, description="a named sweep (see `myopia presets`) under the given fields")
+    run: RunTemplate = Field(default_factory=RunTemplate, description="a RunSpec template: its sections and fields")
+    lr_scale: float = Field(
+        1.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="with no run.optimizer.lr and no "
+        "lr_by_size entry: each size's lr is lr_scale × its Pythia pretraining lr",
+    )
+    lr_by_size: dict[SizeName, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="per-size learning rates, used where run.optimizer.lr is unset"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _preset(cls, data: Any) -> Any:
-        return apply_preset(data) if isinstance(data, dict) else data
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        name = data["preset"]
+        if not isinstance(name, str) or name not in PRESETS:
+            return data  # the field's own validation names it
+        return merge(PRESETS[name].request(name), data)
 
-    @field_validator("sizes", "arms", "seeds")
+    @field_validator("sizes", "seeds", "arms")
     @classmethod
-    def _no_repeats(cls, v: list) -> list:
-        if len(set(v)) != len(v):
+    def _no_repeats(cls, values: list) -> list:
+        if len(set(values)) != len(values):
             raise ValueError("lists each value once")
-        return v
+        return values
+
+    def template(self) -> dict[str, Any]:
+        return self.run.model_dump(mode="json", exclude_none=True)
 
 
 @dataclass(frozen=True)
@@ -78,49 +136,67 @@ class PlannedPair:
     runs: dict[str, RunSpec]  # arm → spec, for the requested arms
 
 
-def resources(size: str, profile: str = "cpu", path: Path = RESOURCES) -> ResourceSpec:
-    table = yaml.safe_load(path.read_text())
-    if profile not in table:
-        raise ValueError(f"no resource profile {profile!r} in {path}; profiles: {', '.join(table)}")
-    entry = table[profile].get(size, table[profile].get("default"))
-    if entry is None:
-        raise ValueError(f"{path}: profile {profile!r} has no entry for {size} and no default")
-    return ResourceSpec.model_validate(entry)
+def size_spec(request: SweepRequest, size: str, seed: int, profile: str) -> dict[str, Any]:
+    """The run template with what depends on the size filled in (a RunSpec document, not yet validated)."""
+    doc = request.template()
+    where = placement(size, profile)
+    doc["resources"] = {**where.resources, **doc.get("resources", {})}
+    doc["model"] = {**doc.get("model", {}), "size": size}
+    doc["seed"] = seed
+    train = doc.setdefault("train", {})
+    workers = doc["resources"].get("workers", 1)
+    global_batch = train.get("global_batch", RunSpec.model_fields["train"].default.global_batch)
+    if "micro_batch" not in train and global_batch % workers == 0:
+        train["micro_batch"] = where.micro_batch(global_batch, workers)
+    optimizer = doc.setdefault("optimizer", {})
+    if optimizer.get("lr") is None:
+        optimizer["lr"] = request.lr_by_size.get(size) or request.lr_scale * PYTHIA_SIZES[size].lr
+    protocol = doc.get("protocol", {})
+    if isinstance(protocol.get("checkpoint"), str):  # `{size}` only: a request is data, never a format string
+        doc["protocol"] = {**protocol, "checkpoint": protocol["checkpoint"].replace("{size}", size)}
+    return doc
 
 
-def plan(request: SweepRequest, *, sweep_id: str, profile: str = "cpu",
-         tracking: TrackingSpec | None = None) -> list[PlannedPair]:  # fmt: skip
-    """One pair per (size, seed), in request order; each run named `<sweep>-<size>-s<seed>-<arm>`."""
-    t = request.train
+def plan(request: SweepRequest, *, profile: str = "cpu") -> list[PlannedPair]:
+    """One pair per (size, seed), in request order. Runs are unnamed and untracked: the service names them."""
     pairs = []
     for size in request.sizes:
-        res = resources(size, profile)
-        micro = t.micro_batch or max(1, t.batch_size // res.workers)
-        data: dict[str, Any] = request.dataset.model_dump()
-        overrides = dict(t.model_overrides)
-        if request.dataset.kind == "synthetic":
-            overrides.setdefault("hidden_act", "relu")  # the paper's D_p model has a ReLU MLP
         for seed in request.seeds:
-            base = RunSpec.model_validate({
-                "model": {"size": size, "overrides": overrides},
-                "attention": {"mode": "vanilla", **request.myopic.model_dump()},
-                "protocol": {"kind": "finetune", "checkpoint": request.checkpoint.format(size=size)}
-                if request.protocol == "finetune" else {"kind": "scratch"},
-                "data": data,
-                "train": {"steps": t.steps, "seq_len": t.seq_len, "micro_batch": micro, "global_batch": t.batch_size,
-                          "precision": t.precision, "checkpoint_interval": t.checkpoint_interval},
-                "optimizer": {"lr": t.lr or t.lr_scale * PYTHIA_SIZES[size].lr, "warmup_frac": t.warmup_frac,
-                              "weight_decay": t.weight_decay},
-                "resources": res.model_dump(),
-                "eval": {"held_out_sequences": t.eval_sequences},
-                "seed": seed,
-                "tracking": (tracking or TrackingSpec()).model_dump(),
-            })  # fmt: skip
+            try:
+                base = RunSpec.model_validate(size_spec(request, size, seed, profile))
+            except ValidationError as e:
+                errors = [(error_path(err, ("run",)), f"{err['msg']} (at size {size})") for err in e.errors()]
+                raise FieldError(errors) from None
             vanilla, myopic = base.arm("vanilla"), base.arm("myopic")
             check_matched(vanilla, myopic)
-            arms = {"vanilla": vanilla, "myopic": myopic}
-            runs = {
-                arm: arms[arm].model_copy(update={"name": f"{sweep_id}-{size}-s{seed}-{arm}"}) for arm in request.arms
-            }
-            pairs.append(PlannedPair(size, seed, runs))
+            both = {"vanilla": vanilla, "myopic": myopic}
+            pairs.append(PlannedPair(size, seed, {arm: both[arm] for arm in request.arms}))
     return pairs
+
+
+def profile_of(request_body: dict[str, Any], default: str) -> str:
+    """The profile a preset is meant for (pythia-paper: gpu), else `default`."""
+    preset = PRESETS.get(str(request_body.get("preset")))
+    return (preset.profile if preset else None) or default
+
+
+def preset_run(
+    name: str,
+    *,
+    size: str | None = None,
+    seed: int | None = None,
+    profile: str | None = None,
+    run: dict[str, Any] | None = None,
+) -> RunSpec:
+    """One vanilla run of a preset (a size and seed, the preset's first by default), planned as its sweep would be;
+    `run` overrides the preset's run template section by section."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    body: dict[str, Any] = {"preset": name, "run": run or {}}
+    if size:
+        body["sizes"] = [size]
+    if seed is not None:
+        body["seeds"] = [seed]
+    request = SweepRequest.model_validate(body)
+    one = request.model_copy(update={"sizes": request.sizes[:1], "seeds": request.seeds[:1]})
+    return plan(one, profile=profile or profile_of(body, "cpu"))[0].runs["vanilla"]

@@ -24,8 +24,16 @@ RUNNING_STATES = ("submitted", "running")
 
 
 class Reconciler:
-    def __init__(self, db: sessionmaker, jobs: Jobs, work_dir: Path, *, max_concurrent: int = 2,
-                 max_attempts: int = 3, job_env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        db: sessionmaker,
+        jobs: Jobs,
+        work_dir: Path,
+        *,
+        max_concurrent: int = 2,
+        max_attempts: int = 3,
+        job_env: dict[str, str] | None = None,
+    ) -> None:
         self.db, self.jobs, self.max_concurrent, self.max_attempts = db, jobs, max_concurrent, max_attempts
         self.work_dir = work_dir
         self.job_env = job_env or {}

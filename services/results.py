@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
-from services.gap_stats import GapFit, SizeGap, fit_gap, size_gap  # noqa: E402
+from services.gap_stats import SizeGap, drift, fit_gap, size_gap  # noqa: E402
 from services.store import Sweep  # noqa: E402
 from services.sweep_tracking import links  # noqa: E402
 from services.sweeps import get_sweep  # noqa: E402
@@ -44,12 +44,18 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
         if {"vanilla", "myopic"} <= done.keys():
             v, m = done["vanilla"].result, done["myopic"].result
             pv, pm = v["eval"].get("per_position") or [], m["eval"].get("per_position") or []
-            rows.append({
-                "pair_id": pair.id, "size": pair.size, "seed": pair.seed,
-                "n_params_nonembedding": _nonembedding(done["vanilla"].spec),
-                "vanilla_loss": _loss(v), "myopic_loss": _loss(m), "gap": _loss(m) - _loss(v),
-                "gap_per_position": [b - a for a, b in zip(pv, pm, strict=False)],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "pair_id": pair.id,
+                    "size": pair.size,
+                    "seed": pair.seed,
+                    "n_params_nonembedding": _nonembedding(done["vanilla"].spec),
+                    "vanilla_loss": _loss(v),
+                    "myopic_loss": _loss(m),
+                    "gap": _loss(m) - _loss(v),
+                    "gap_per_position": [b - a for a, b in zip(pv, pm, strict=False)],
+                }
+            )
     return rows
 
 
@@ -66,22 +72,22 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
             group[0]["n_params_nonembedding"],
             [r["vanilla_loss"] for r in group],
             [r["myopic_loss"] for r in group],
-        )  # fmt: skip
+        )
         for size, group in sorted(by_size.items(), key=lambda kv: kv[1][0]["n_params_nonembedding"])
     ]
-    fit: GapFit | None = fit_gap(sizes)
+    fit, fit_large = fit_gap(sizes), fit_gap(sizes, min_params=PYTHIA_SIZES["160m"].n_params_nonembedding())
     rows_out = [s.model_dump() for s in sizes]
     previous = sweep.previous_sweep_id
-    if previous:  # a scheduled rerun: flag sizes whose gap left the previous sweep's interval
+    if previous:  # a scheduled rerun: did each size's gap move since the previous sweep? (Welch's test)
         before = {s["size"]: s for s in sweep_results(db, previous)["sizes"]}
         for row in rows_out:
-            ci = before.get(row["size"], {}).get("gap_ci95")
-            row["drift"] = None if ci is None else not (ci[0] <= row["gap_mean"] <= ci[1])
+            row.update(drift(before.get(row["size"], {}).get("gaps", []), row["gaps"]).model_dump())
     return {
         "sweep_id": sweep_id,
         "previous_sweep_id": previous,
         "sizes": rows_out,
         "fit": fit.model_dump() if fit else None,
+        "fit_from_160m": fit_large.model_dump() if fit_large else None,
         "pairs": rows,
         "mlflow": links(sweep),
     }
@@ -96,22 +102,41 @@ def gap_plot(results: dict[str, Any]) -> bytes:
         ax1.scatter(row["n_params_nonembedding"], row["gap"], color="grey", s=12, alpha=0.6)
     if sizes:
         x = [s["n_params_nonembedding"] for s in sizes]
-        y = [s["gap_mean"] for s in sizes]
-        err = [[s["gap_mean"] - (s["gap_ci95"] or (s["gap_mean"],) * 2)[0] for s in sizes],
-               [(s["gap_ci95"] or (s["gap_mean"],) * 2)[1] - s["gap_mean"] for s in sizes]]  # fmt: skip
-        ax1.errorbar(x, y, yerr=err, fmt="o-", capsize=4, label="mean gap, 95% CI")
+        ax1.plot(x, [s["gap_mean"] for s in sizes], "o-", label="mean gap over seeds")
+        ci = [s for s in sizes if s["gap_ci95"]]  # one pair: no interval drawn (none exists)
+        if ci:
+            ax1.errorbar(
+                [s["n_params_nonembedding"] for s in ci],
+                [s["gap_mean"] for s in ci],
+                fmt="none",
+                yerr=[[s["gap_mean"] - s["gap_ci95"][0] for s in ci], [s["gap_ci95"][1] - s["gap_mean"] for s in ci]],
+                capsize=4,
+                color="C0",
+                label="95% CI over seeds",
+            )
         for s in sizes:
-            ax1.annotate(s["size"], (s["n_params_nonembedding"], s["gap_mean"]), textcoords="offset points",
-                         xytext=(4, 4), fontsize=8)  # fmt: skip
-    if results["fit"]:
-        f = results["fit"]
-        xs = np.logspace(np.log10(min(x)), np.log10(max(x)), 50)
-        lo, hi = f["slope_ci95"]
-        label = f"fit: slope {f['slope']:+.3f} per decade [{lo:+.3f}, {hi:+.3f}]"
-        ax1.plot(xs, f["intercept"] + f["slope"] * np.log10(xs), "--", label=label)
+            ax1.annotate(
+                s["size"],
+                (s["n_params_nonembedding"], s["gap_mean"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+    for key, what in (("fit", "all sizes"), ("fit_from_160m", "from 160m")):
+        f = results.get(key)
+        if f:
+            n = {s["size"]: s["n_params_nonembedding"] for s in sizes}
+            xs = np.logspace(np.log10(min(n[s] for s in f["sizes"])), np.log10(max(n[s] for s in f["sizes"])), 50)
+            lo, hi = f["slope_ci95"]
+            label = f"fit, {what}: {f['slope']:+.3f} per decade [{lo:+.3f}, {hi:+.3f}]"
+            ax1.plot(xs, f["intercept"] + f["slope"] * np.log10(xs), "--", label=label)
     ax1.axhline(0, color="black", lw=0.5)
-    ax1.set(xscale="log", xlabel="non-embedding parameters", ylabel="myopia gap (myopic − vanilla)",
-            title="myopia gap against scale")  # fmt: skip
+    ax1.set(
+        xscale="log",
+        xlabel="non-embedding parameters",
+        ylabel="myopia gap (myopic − vanilla)",
+        title="myopia gap against scale",
+    )
     ax1.legend(fontsize=8)
     per_size: dict[str, list[list[float]]] = defaultdict(list)
     for row in results["pairs"]:

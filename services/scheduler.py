@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
-from services.planner import SweepRequest
+from services.planner import FieldError, SweepRequest, plan
 from services.store import Schedule, Sweep, new_id
 from services.sweeps import NotFound, create_sweep
 
@@ -34,11 +34,17 @@ class ScheduleRequest(BaseModel):
         return v
 
 
-def add_schedule(db: sessionmaker, request: ScheduleRequest) -> Schedule:
+def add_schedule(db: sessionmaker, request: ScheduleRequest, profile: str = "cpu") -> Schedule:
+    """Store a schedule whose template plans (a template that cannot is refused now, not at its first tick)."""
+    try:
+        plan(request.template, profile=profile)
+    except FieldError as e:
+        raise FieldError([(f"template.{field}", msg) for field, msg in e.errors]) from None
     with db.begin() as s:
-        template = request.template.model_dump(mode="json")
-        schedule = Schedule(id=new_id("sch"), name=request.name, cron=request.cron, template=template,
-                            created_at=datetime.now(UTC))  # fmt: skip
+        template = request.template.model_dump(mode="json", exclude_none=True)
+        schedule = Schedule(
+            id=new_id("sch"), name=request.name, cron=request.cron, template=template, created_at=datetime.now(UTC)
+        )
         s.add(schedule)
     return schedule
 
@@ -61,8 +67,9 @@ def _utc(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite returns naive datetimes
 
 
-def tick(db: sessionmaker, now: datetime | None = None, *, mlflow_uri: str | None = None,
-         profile: str = "cpu") -> list[str]:  # fmt: skip
+def tick(
+    db: sessionmaker, now: datetime | None = None, *, mlflow_uri: str | None = None, profile: str = "cpu"
+) -> list[str]:
     """Fire every schedule whose cron has ticked since it last fired; returns the ids of the sweeps created."""
     now = now or datetime.now(UTC)
     created = []
@@ -72,17 +79,25 @@ def tick(db: sessionmaker, now: datetime | None = None, *, mlflow_uri: str | Non
         if due <= since:
             continue
         request = SweepRequest.model_validate(schedule.template)
-        sweep, _ = create_sweep(db, request, idempotency_key=f"schedule:{schedule.id}:{due.isoformat()}",
-                                mlflow_uri=mlflow_uri, profile=profile)  # fmt: skip
+        sweep, _ = create_sweep(
+            db,
+            request,
+            idempotency_key=f"schedule:{schedule.id}:{due.isoformat()}",
+            mlflow_uri=mlflow_uri,
+            profile=profile,
+        )
         with db.begin() as s:
             # record the tick only if nobody did it first; link the new sweep to the schedule's previous one
             won = s.execute(
                 update(Schedule)
                 .where(Schedule.id == schedule.id, Schedule.last_sweep_id.is_not_distinct_from(schedule.last_sweep_id))
                 .values(last_fired_at=due, last_sweep_id=sweep.id)
-            ).rowcount  # fmt: skip
+            ).rowcount
             if won:
-                s.execute(update(Sweep).where(Sweep.id == sweep.id)
-                          .values(schedule_id=schedule.id, previous_sweep_id=schedule.last_sweep_id))  # fmt: skip
+                s.execute(
+                    update(Sweep)
+                    .where(Sweep.id == sweep.id)
+                    .values(schedule_id=schedule.id, previous_sweep_id=schedule.last_sweep_id)
+                )
                 created.append(sweep.id)
     return created

@@ -14,14 +14,16 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path.home() / ".myopia", description="data, checkpoints, local stores")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir")
     ray_address: str | None = Field(
-        None, validation_alias=AliasChoices("MYOPIA_RAY_ADDRESS", "RAY_ADDRESS"),
+        None,
+        validation_alias=AliasChoices("MYOPIA_RAY_ADDRESS", "RAY_ADDRESS"),
         description="a Ray cluster's job server (http://head:8265); default: start a local head on loopback",
-    )  # fmt: skip
+    )
     job_python: str | None = Field(None, description="the jobs' interpreter on the cluster (default: python)")
     mlflow_uri: str | None = Field(
-        None, validation_alias=AliasChoices("MYOPIA_MLFLOW_URI", "MLFLOW_TRACKING_URI"),
+        None,
+        validation_alias=AliasChoices("MYOPIA_MLFLOW_URI", "MLFLOW_TRACKING_URI"),
         description="default: SQLite in the data dir, artifacts beside it",
-    )  # fmt: skip
+    )
     api_token: str | None = Field(None, description="bearer token required by the API when set")
     resource_profile: str = Field("cpu", description="the profile of cluster/resources.yaml the planner uses")
     max_concurrent_runs: int = Field(2, ge=1)

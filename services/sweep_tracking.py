@@ -38,17 +38,28 @@ def open_runs(sweep: Sweep) -> None:
     if sweep.mlflow_run_id is None:
         sweep.mlflow_experiment_id = experiment_id(client, tracking["mlflow_uri"], tracking["experiment"])
         request = sweep.request
-        run = client.create_run(sweep.mlflow_experiment_id, run_name=f"{sweep.name} ({sweep.id})",
-                                tags={"myopia.sweep": sweep.id, "myopia.kind": "sweep"})  # fmt: skip
-        keys = ("sizes", "seeds", "arms", "protocol", "dataset", "train", "myopic", "preset")
+        run = client.create_run(
+            sweep.mlflow_experiment_id,
+            run_name=f"{sweep.name} ({sweep.id})",
+            tags={"myopia.sweep": sweep.id, "myopia.kind": "sweep"},
+        )
+        keys = ("sizes", "seeds", "arms", "preset", "run", "lr_scale", "lr_by_size")
         client.log_batch(run.info.run_id, params=[Param(k, str(request.get(k))[:6000]) for k in keys])
         sweep.mlflow_run_id = run.info.run_id
     for pair in sweep.pairs:
         if pair.mlflow_run_id is None:
-            run = client.create_run(sweep.mlflow_experiment_id, run_name=f"{sweep.name}-{pair.size}-s{pair.seed}",
-                                    tags={"myopia.sweep": sweep.id, "myopia.pair": pair.id, "myopia.kind": "pair",
-                                          "size": pair.size, "seed": str(pair.seed),
-                                          "mlflow.parentRunId": sweep.mlflow_run_id})  # fmt: skip
+            run = client.create_run(
+                sweep.mlflow_experiment_id,
+                run_name=f"{sweep.name}-{pair.size}-s{pair.seed}",
+                tags={
+                    "myopia.sweep": sweep.id,
+                    "myopia.pair": pair.id,
+                    "myopia.kind": "pair",
+                    "size": pair.size,
+                    "seed": str(pair.seed),
+                    "mlflow.parentRunId": sweep.mlflow_run_id,
+                },
+            )
             pair.mlflow_run_id = run.info.run_id
 
 
@@ -87,12 +98,20 @@ def _report_pair(client: MlflowClient, pair: Pair, row: dict[str, Any] | None) -
         client.set_terminated(run_id, "FAILED" if any(r.status == "failed" for r in pair.runs) else "KILLED")
         return
     n = row["n_params_nonembedding"]
-    for key, value in {"gap": row["gap"], "vanilla_loss": row["vanilla_loss"], "myopic_loss": row["myopic_loss"],
-                       "n_params_nonembedding": n, "log10_n_params_nonembedding": math.log10(n)}.items():  # fmt: skip
+    for key, value in {
+        "gap": row["gap"],
+        "vanilla_loss": row["vanilla_loss"],
+        "myopic_loss": row["myopic_loss"],
+        "n_params_nonembedding": n,
+        "log10_n_params_nonembedding": math.log10(n),
+    }.items():
         client.log_metric(run_id, key, value)
     if row["gap_per_position"]:
-        client.log_table(run_id, {"position": list(range(len(row["gap_per_position"]))),
-                                  "gap": row["gap_per_position"]}, "gap_per_position.json")  # fmt: skip
+        client.log_table(
+            run_id,
+            {"position": list(range(len(row["gap_per_position"]))), "gap": row["gap_per_position"]},
+            "gap_per_position.json",
+        )
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -100,9 +119,9 @@ def _report_sweep(client: MlflowClient, sweep: Sweep, res: dict[str, Any], png: 
     run_id = sweep.mlflow_run_id
     for row in res["sizes"]:
         client.log_metric(run_id, f"gap_mean.{row['size']}", row["gap_mean"])
-    if res["fit"]:
-        for key in ("slope", "intercept", "r_squared"):
-            client.log_metric(run_id, f"fit.{key}", res["fit"][key])
+    for fit in ("fit", "fit_from_160m"):
+        for key in ("slope", "intercept", "r_squared") if res.get(fit) else ():
+            client.log_metric(run_id, f"{fit}.{key}", res[fit][key])
     client.log_dict(run_id, res, "results.json")
     if res["sizes"]:
         client.log_table(run_id, {k: [row[k] for row in res["sizes"]] for k in res["sizes"][0]}, "gap_table.json")
@@ -118,6 +137,10 @@ def links(sweep: Sweep) -> dict[str, Any] | None:
     tracking = _tracking(sweep)
     if tracking is None:
         return None
-    return {"tracking_uri": tracking["mlflow_uri"], "experiment": tracking["experiment"],
-            "experiment_id": sweep.mlflow_experiment_id, "sweep_run_id": sweep.mlflow_run_id,
-            "pair_run_ids": {p.id: p.mlflow_run_id for p in sweep.pairs}}  # fmt: skip
+    return {
+        "tracking_uri": tracking["mlflow_uri"],
+        "experiment": tracking["experiment"],
+        "experiment_id": sweep.mlflow_experiment_id,
+        "sweep_run_id": sweep.mlflow_run_id,
+        "pair_run_ids": {p.id: p.mlflow_run_id for p in sweep.pairs},
+    }

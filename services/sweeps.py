@@ -31,21 +31,40 @@ def create_sweep(
         if existing:
             return existing, False
     sweep_id = new_id("sw")
-    tracking = TrackingSpec(mlflow_uri=mlflow_uri, experiment=f"myopia/{request.name}", tags={"sweep": sweep_id})
-    planned = plan(request, sweep_id=sweep_id, profile=profile, tracking=tracking)  # refuses unmatched pairs
+    planned = plan(request, profile=profile)  # refuses bad templates (naming the field) and unmatched pairs
     try:
         with db.begin() as s:
-            sweep = Sweep(id=sweep_id, name=request.name, request=request.model_dump(mode="json"),
-                          idempotency_key=idempotency_key)  # fmt: skip
+            sweep = Sweep(
+                id=sweep_id,
+                name=request.name,
+                request=request.model_dump(mode="json", exclude_none=True),
+                idempotency_key=idempotency_key,
+            )
             s.add(sweep)
             for p in planned:
-                pair = Pair(id=new_id("pr"), sweep=sweep, size=p.size, seed=p.seed,
-                            pair_hash=next(iter(p.runs.values())).pair_hash())  # fmt: skip
+                pair = Pair(
+                    id=new_id("pr"),
+                    sweep=sweep,
+                    size=p.size,
+                    seed=p.seed,
+                    pair_hash=next(iter(p.runs.values())).pair_hash(),
+                )
                 for arm, spec in p.runs.items():
-                    spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
-                        update={"tags": {**spec.tracking.tags, "pair": pair.id}})})  # fmt: skip
-                    run = Run(id=spec.name, sweep=sweep, pair=pair, arm=arm, spec=spec.model_dump(mode="json"),
-                              config_hash=spec.config_hash())  # fmt: skip
+                    tracking = TrackingSpec(
+                        mlflow_uri=mlflow_uri,
+                        experiment=f"myopia/{request.name}",
+                        tags={"sweep": sweep_id, "pair": pair.id},
+                    )
+                    name = f"{sweep_id}-{p.size}-s{p.seed}-{arm}"
+                    spec = spec.model_copy(update={"name": name, "tracking": tracking})
+                    run = Run(
+                        id=name,
+                        sweep=sweep,
+                        pair=pair,
+                        arm=arm,
+                        spec=spec.model_dump(mode="json"),
+                        config_hash=spec.config_hash(),
+                    )
                     run.set_status("queued", "planned")
                     s.add(run)  # (SQLAlchemy 2 does not cascade through the backref assignment above)
     except IntegrityError:

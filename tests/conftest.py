@@ -1,6 +1,8 @@
 import os
 
-import cluster.local  # noqa: F401  (first: a local Ray head must stay on loopback; see cluster/local.py)
+from cluster.local import configure_loopback
+
+configure_loopback()  # before any test module imports ray: a local head must stay on loopback
 
 # No machine here reaches a model hub; nothing in the suite may try.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

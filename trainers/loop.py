@@ -77,12 +77,18 @@ def train_loop(config: dict[str, Any]) -> None:
     task = make_task(spec)
     torch.manual_seed(spec.seed)  # the same initial weights in both arms
     model = task.build_model()
-    opt = torch.optim.AdamW(param_groups(model, spec.optimizer.weight_decay), lr=spec.lr,
-                            betas=spec.optimizer.betas, eps=spec.optimizer.eps)  # fmt: skip
+    opt = torch.optim.AdamW(
+        param_groups(model, spec.optimizer.weight_decay), lr=spec.lr, betas=spec.optimizer.betas, eps=spec.optimizer.eps
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec))
-    ds_config = eng.ds_config(stage=spec.resources.zero_stage, micro_batch=spec.train.micro_batch,
-                              grad_accum=spec.grad_accum, world_size=world, precision=spec.train.precision,
-                              clip=spec.optimizer.clip)  # fmt: skip
+    ds_config = eng.ds_config(
+        stage=spec.resources.zero_stage,
+        micro_batch=spec.train.micro_batch,
+        grad_accum=spec.grad_accum,
+        world_size=world,
+        precision=spec.train.precision,
+        clip=spec.optimizer.clip,
+    )
     engine = eng.initialize(model, opt, ds_config, scheduler=sched)
 
     start = 0
@@ -139,8 +145,13 @@ def train_loop(config: dict[str, Any]) -> None:
             weights = _whole_state_dict(engine, spec.resources.zero_stage)
             probes = task.probes(weights) if rank == 0 else None
         tracker.evaluation(result, steps, probes)
-        final = {"step": steps, "eval": result, "probes": probes, "mlflow_run_id": tracker.run_id,
-                 "nodes": len(set(node_ids))}  # fmt: skip
+        final = {
+            "step": steps,
+            "eval": result,
+            "probes": probes,
+            "mlflow_run_id": tracker.run_id,
+            "nodes": len(set(node_ids)),
+        }
         tracker.artifact(final, "result.json")
         _report(engine, steps, final)
         tracker.end("FINISHED")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
@@ -16,6 +16,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from trainers.myopic import AttentionMode, Variant, attention_settings, set_attention
 
 PYTHIA_VOCAB = 50304
+SizeName = Literal["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ PYTHIA_SIZES: dict[str, PythiaSize] = {
         PythiaSize("2.8b", 32, 2560, 32, 1.6e-4),
     )
 }
+
+
+assert tuple(PYTHIA_SIZES) == get_args(SizeName)
 
 
 def pythia_size(size: str) -> PythiaSize:

@@ -11,9 +11,22 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
-from trainers.models import PYTHIA_SIZES, pythia_config, pythia_size
+from trainers.models import PYTHIA_SIZES, SizeName, pythia_config
+from trainers.myopic import AttentionMode, Variant
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """A check across fields that names the field at fault (its path within the section that checks)."""
+    return PydanticCustomError("spec_field", message, {"field": field})
+
+
+def error_path(err: Any, prefix: tuple[str, ...] = ()) -> str:
+    """The dotted path of a validation error, with the field a cross-field check names."""
+    field = (err.get("ctx") or {}).get("field")
+    return ".".join([*prefix, *(str(p) for p in err["loc"]), *([field] if field else [])]) or "(top level)"
 
 
 class Strict(BaseModel):
@@ -21,56 +34,68 @@ class Strict(BaseModel):
 
 
 class ModelSpec(Strict):
-    size: str = "14m"
+    size: SizeName = "14m"
     vocab_size: int | None = Field(None, gt=0, description="None: Pythia's 50,304 (text) or unused (synthetic)")
     overrides: dict[str, Any] = Field(default_factory=dict, description="GPTNeoXConfig fields, e.g. num_hidden_layers")
 
-    @field_validator("size")
-    @classmethod
-    def _known_size(cls, v: str) -> str:
-        pythia_size(v)
-        return v
-
     @model_validator(mode="after")
     def _valid_overrides(self) -> ModelSpec:
-        pythia_config(self.size, vocab_size=self.vocab_size, **self.overrides)  # names unknown fields
+        try:
+            pythia_config(self.size, vocab_size=self.vocab_size, **self.overrides)  # names unknown fields
+        except Exception as e:  # noqa: BLE001 - whatever GPTNeoXConfig refuses is a bad request, not a crash
+            raise field_error("overrides", f"not a valid GPT-NeoX config: {e}") from None
         return self
 
 
 class AttentionSpec(Strict):
-    mode: Literal["vanilla", "myopic"] = "vanilla"
-    variant: Literal["hidden", "kv"] = "hidden"
-    beta: float = Field(0.0, ge=0.0, le=1.0)
+    mode: AttentionMode = "vanilla"
+    variant: Variant = Field(
+        "hidden", description="hidden: the paper's (past attention inputs detached); kv: past keys and values detached"
+    )
+    beta: float = Field(0.0, ge=0.0, le=1.0, description="gradient share through edges to earlier positions")
 
 
 class ProtocolSpec(Strict):
     kind: Literal["scratch", "finetune"] = "scratch"
-    checkpoint: str | None = Field(None, description="finetune: a Hugging Face hub id or a local checkpoint directory")
+    checkpoint: str | None = Field(
+        None,
+        description="finetune: a Hugging Face hub id or a local checkpoint directory; in a sweep's run "
+        "template, `{size}` stands for each size",
+    )
 
     @model_validator(mode="after")
     def _checkpoint_iff_finetune(self) -> ProtocolSpec:
         if (self.kind == "finetune") != (self.checkpoint is not None):
-            raise ValueError("protocol 'finetune' needs a checkpoint, and 'scratch' takes none")
+            raise field_error("checkpoint", "protocol 'finetune' needs a checkpoint, and 'scratch' takes none")
         return self
 
 
 class SyntheticData(Strict):
     kind: Literal["synthetic"] = "synthetic"
-    p: float = Field(0.5, gt=0.0, le=1.0)
+    p: float = Field(1.0, gt=0.0, le=1.0, description="share of positions whose target is the window sum")
     b: float = Field(10.0, gt=0.0, description="sine frequency")
-    lags: int = Field(10, ge=1)
+    lags: int = Field(10, ge=1, description="window length: the target sums sin(b·x) over the previous `lags` inputs")
+
+
+Sequences = Literal["packed", "document_start"]
+SEQUENCES_DOC = "packed: documents joined by EOS and cut into windows; document_start: the first seq_len tokens of "
+SEQUENCES_DOC += "each document with at least seq_len tokens (position 0 is a document's first token)"
 
 
 class TextData(Strict):
     kind: Literal["text"] = "text"
     corpus: str = Field("wiki", description="a corpus name from `myopia data fetch`, or a text file or folder")
+    sequences: Sequences = Field("packed", description=SEQUENCES_DOC)
+    held_out: float = Field(0.02, gt=0.0, le=0.5, description="share of documents held out (by a hash of the id)")
 
 
 class HFData(Strict):
     kind: Literal["hf"] = "hf"
-    dataset: str = Field(description="hub id (where reachable) or a directory written by Dataset.save_to_disk")
+    dataset: str = Field(description="hub id (streamed where the hub is reachable) or a save_to_disk directory")
     split: str = "train"
     text_field: str = "text"
+    sequences: Sequences = Field("document_start", description=SEQUENCES_DOC)
+    held_out: float = Field(0.01, gt=0.0, le=0.5, description="share of documents held out (by a hash of the id)")
 
 
 DataSpec = Annotated[SyntheticData | TextData | HFData, Field(discriminator="kind")]
@@ -137,12 +162,13 @@ class RunSpec(Strict):
     def _batches_divide(self) -> RunSpec:
         per_step = self.train.micro_batch * self.resources.workers
         if self.train.global_batch % per_step:
-            raise ValueError(
+            raise field_error(
+                "train.global_batch",
                 f"train.global_batch ({self.train.global_batch}) must be a multiple of train.micro_batch × "
-                f"resources.workers ({per_step})"
+                f"resources.workers ({per_step})",
             )
         if self.train.precision == "fp16" and self.resources.gpus_per_worker == 0:
-            raise ValueError("train.precision fp16 needs GPUs (resources.gpus_per_worker > 0); use fp32 or bf16")
+            raise field_error("train.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0); use fp32 or bf16")
         return self
 
     @property
@@ -155,8 +181,9 @@ class RunSpec(Strict):
 
     def identity(self) -> dict[str, Any]:
         """What determines the result: everything but naming, tracking, storage and placement over nodes."""
-        return self.model_dump(mode="json", exclude={"name": True, "tracking": True, "storage_path": True,
-                                                     "resources": {"placement"}})  # fmt: skip
+        return self.model_dump(
+            mode="json", exclude={"name": True, "tracking": True, "storage_path": True, "resources": {"placement"}}
+        )
 
     def config_hash(self) -> str:
         return _hash(self.identity())
@@ -167,7 +194,7 @@ class RunSpec(Strict):
         ident["attention"].pop("mode")
         return _hash(ident)
 
-    def arm(self, mode: Literal["vanilla", "myopic"]) -> RunSpec:
+    def arm(self, mode: AttentionMode) -> RunSpec:
         return self.model_copy(update={"attention": self.attention.model_copy(update={"mode": mode})})
 
 
@@ -210,7 +237,7 @@ def parse_spec(text: str, source: str = "spec") -> RunSpec:
     try:
         return RunSpec.model_validate_json(text)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()]
+        lines = [f"  {error_path(err)}: {err['msg']}" for err in e.errors()]
         raise SpecError(f"{source} is not a valid run spec:\n" + "\n".join(lines)) from None
 
 

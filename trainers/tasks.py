@@ -20,19 +20,27 @@ from trainers.spec import RunSpec, SyntheticData
 from trainers.synthetic import RegressionGPTNeoX, SyntheticTask
 
 EVAL_SEED = 999_999  # the held-out D_p set's own seed, never used for training batches
+PROBE_SEQUENCES = 2048  # probes fit on half of these (every layer's states of every position: memory grows fast)
 
 
 class TextTask:
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
-        self.shards: TokenShards = text_dataset(spec.data, spec.train.seq_len)  # type: ignore[arg-type]
+        need = (spec.train.steps * spec.train.global_batch, spec.eval.held_out_sequences)
+        self.shards: TokenShards = text_dataset(spec.data, spec.train.seq_len, need)  # type: ignore[arg-type]
 
     def build_model(self) -> torch.nn.Module:
         s, a = self.spec, self.spec.attention
         if s.protocol.kind == "finetune":
             return load_model(s.protocol.checkpoint, attention=a.mode, variant=a.variant, beta=a.beta)
-        return build_model(s.model.size, attention=a.mode, variant=a.variant, beta=a.beta,
-                           vocab_size=s.model.vocab_size, **s.model.overrides)  # fmt: skip
+        return build_model(
+            s.model.size,
+            attention=a.mode,
+            variant=a.variant,
+            beta=a.beta,
+            vocab_size=s.model.vocab_size,
+            **s.model.overrides,
+        )
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[torch.Tensor]:
         """This rank's micro-batches of token ids for optimizer step `step`."""
@@ -99,7 +107,7 @@ class DpTask:
 
     def probes(self, state_dict: dict[str, torch.Tensor]) -> list[dict]:
         """Probe table for trained weights (a whole state dict) next to the untrained control of the same seed."""
-        inputs, _ = self.held_out()
+        inputs = self.held_out()[0][:PROBE_SEQUENCES]
         torch.manual_seed(self.spec.seed)
         control = self.build_model().eval()
         trained = self.build_model().eval()

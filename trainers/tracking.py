@@ -42,8 +42,9 @@ class Tracker:
 
         t, spec = self.spec.tracking, self.spec
         mlflow.set_tracking_uri(t.mlflow_uri)
-        experiment = mlflow.set_experiment(experiment_id=experiment_id(mlflow.MlflowClient(), t.mlflow_uri,
-                                                                       t.experiment))  # fmt: skip
+        experiment = mlflow.set_experiment(
+            experiment_id=experiment_id(mlflow.MlflowClient(), t.mlflow_uri, t.experiment)
+        )
         name = spec.name or spec.config_hash()
         found = mlflow.search_runs(
             [experiment.experiment_id], filter_string=f"tags.`myopia.run` = '{name}'", output_format="list"
@@ -83,8 +84,10 @@ class Tracker:
         mlflow.log_metrics(scalars, step=step)
         per_position = result.get("per_position")
         if per_position:
-            mlflow.log_table({"position": list(range(len(per_position))), "loss": per_position},
-                             artifact_file=f"eval/per_position_step{step}.json")  # fmt: skip
+            mlflow.log_table(
+                {"position": list(range(len(per_position))), "loss": per_position},
+                artifact_file=f"eval/per_position_step{step}.json",
+            )
         if probes:
             mlflow.log_table({k: [row[k] for row in probes] for k in probes[0]}, artifact_file="eval/probes.json")
 

@@ -12,9 +12,14 @@ import uvicorn
 from api.app import create_app
 from api.cli import _free_port
 from services.settings import Settings
+from trainers.spec import RunSpec
 
-REQUEST = {"name": "ladder", "sizes": ["14m", "70m"], "seeds": [0, 1], "dataset": {"kind": "text", "corpus": "wiki"},
-           "train": {"steps": 10}}  # fmt: skip
+REQUEST = {
+    "name": "ladder",
+    "sizes": ["14m", "70m"],
+    "seeds": [0, 1],
+    "run": {"data": {"kind": "text", "corpus": "wiki"}, "train": {"steps": 10}},
+}
 
 
 class Server:
@@ -55,7 +60,8 @@ def test_submit_list_get_cancel(server):
         sweep = r.json()
         assert sweep["status"] == "queued" and len(sweep["runs"]) == 8
         assert {(x["size"], x["seed"], x["arm"]) for x in sweep["runs"]} == {
-            (s, seed, arm) for s in ("14m", "70m") for seed in (0, 1) for arm in ("vanilla", "myopic")}  # fmt: skip
+            (s, seed, arm) for s in ("14m", "70m") for seed in (0, 1) for arm in ("vanilla", "myopic")
+        }
         assert all(x["status"] == "queued" for x in sweep["runs"])
         assert [x["id"] for x in c.get("/v1/sweeps").json()] == [sweep["id"]]
         assert c.get(f"/v1/sweeps/{sweep['id']}").json()["runs"] == sweep["runs"]
@@ -81,10 +87,12 @@ def test_idempotency_key_returns_the_same_sweep(server):
     [
         ({"sizes": ["3b"]}, "sizes.0"),
         ({"seeds": []}, "seeds"),
-        ({"dataset": {"kind": "synthetic", "p": 0}}, "dataset.synthetic.p"),
+        ({"run": {"data": {"kind": "synthetic", "p": 0}}}, "run.data.synthetic.p"),
         ({"sizes": []}, "sizes"),
         ({"arms": ["vanilla", "vanilla"]}, "arms"),
-        ({"train": {"steps": -1}}, "train.steps"),
+        ({"run": {"train": {"steps": -1}}}, "run.train.steps"),
+        ({"run": {"train": {"global_batch": 7, "micro_batch": 2}}}, "run.train.global_batch"),
+        ({"run": {"model": {"size": "70m"}}}, "run.model.size"),
     ],
 )
 def test_bad_requests_are_422_naming_the_field(server, change, field):
@@ -101,12 +109,34 @@ def test_presets_over_http(server):
         made = c.post("/v1/sweeps", json={"preset": "demo", "seeds": [0, 1]})
         assert made.status_code == 201, made.text
         sweep = made.json()
-        assert sweep["name"] == "demo-text" and len(sweep["runs"]) == 8  # 2 sizes × 2 seeds × 2 arms
-        assert sweep["request"]["train"]["steps"] == 60 and sweep["request"]["preset"] == "demo"
+        assert sweep["name"] == "demo" and len(sweep["runs"]) == 8  # 2 sizes × 2 seeds × 2 arms
+        assert sweep["request"]["run"]["train"]["steps"] == 60 and sweep["request"]["preset"] == "demo"
         bad = c.post("/v1/sweeps", json={"preset": "nope"})
-        assert bad.status_code == 422 and "unknown preset 'nope'" in bad.json()["message"]
-        bad = c.post("/v1/sweeps", json={"preset": "demo", "train": {"steps": 0}})
-        assert bad.status_code == 422 and "train.steps" in bad.json()["message"]
+        assert bad.status_code == 422 and any(d["field"] == "preset" for d in bad.json()["detail"])
+        bad = c.post("/v1/sweeps", json={"preset": "demo", "run": {"train": {"steps": 0}}})
+        assert bad.status_code == 422 and "run.train.steps" in bad.json()["message"]
+
+
+@pytest.mark.parametrize("preset", ["pythia-paper", "synthetic-paper"])
+def test_the_api_stores_the_plan_the_cli_prints(tmp_path, preset):
+    import json
+
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    srv = Server(Settings(data_dir=tmp_path, resource_profile="gpu")).start()
+    try:
+        stored = httpx.post(f"{srv.url}/v1/sweeps", json={"preset": preset}).json()["runs"]
+    finally:
+        srv.stop()
+    printed = CliRunner().invoke(main, ["sweep", "plan", "--preset", preset, "--profile", "gpu"])
+    assert printed.exit_code == 0, printed.output
+    planned = [RunSpec.model_validate(r) for r in json.loads(printed.output)["runs"]]
+    assert len(stored) == len(planned) == {"pythia-paper": 16, "synthetic-paper": 6}[preset]
+    assert {(r["size"], r["seed"], r["arm"]): r["config_hash"] for r in stored} == {
+        (r.model.size, r.seed, r.attention.mode): r.config_hash() for r in planned
+    }
 
 
 def test_bearer_token(tmp_path):

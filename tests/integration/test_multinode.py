@@ -10,8 +10,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from services.planner import preset_run
 from trainers.entry import run
-from trainers.presets import preset
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +35,21 @@ def two_nodes(tmp_path, monkeypatch):
 
 
 def test_strict_spread_over_two_nodes_matches_one_node(two_nodes, tmp_path):
-    base = preset("synthetic-cpu", train={"steps": 8, "micro_batch": 16, "global_batch": 32},
-                  resources={"zero_stage": 2, "workers": 2, "cpus_per_worker": 1},
-                  eval={"held_out_sequences": 64, "probes": False}, storage_path=str(tmp_path / "runs"))  # fmt: skip
-    spread = base.model_copy(update={"name": "spread", "resources": base.resources.model_copy(
-        update={"placement": "STRICT_SPREAD"})})  # fmt: skip
-    packed = base.model_copy(update={"name": "packed", "resources": base.resources.model_copy(
-        update={"placement": "STRICT_PACK"})})  # fmt: skip
+    base = preset_run(
+        "synthetic-cpu",
+        run={
+            "train": {"steps": 8, "micro_batch": 16, "global_batch": 32},
+            "resources": {"zero_stage": 2, "workers": 2, "cpus_per_worker": 1},
+            "eval": {"held_out_sequences": 64, "probes": False},
+        },
+    )
+    base = base.model_copy(update={"storage_path": str(tmp_path / "runs")})
+    spread = base.model_copy(
+        update={"name": "spread", "resources": base.resources.model_copy(update={"placement": "STRICT_SPREAD"})}
+    )
+    packed = base.model_copy(
+        update={"name": "packed", "resources": base.resources.model_copy(update={"placement": "STRICT_PACK"})}
+    )
     assert spread.config_hash() == packed.config_hash()  # placement is not part of what determines the result
     a, b = run(spread, max_failures=0), run(packed, max_failures=0)
     assert (a["nodes"], b["nodes"]) == (2, 1)

@@ -21,13 +21,17 @@ from services.sweeps import cancel_sweep, create_sweep, get_sweep
 
 pytestmark = pytest.mark.slow
 
-TINY = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2}
+TINY = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "hidden_act": "relu"}
 SWEEP = {
     "name": "tiny",
     "sizes": ["14m"],
     "seeds": [0],
-    "dataset": {"kind": "synthetic", "p": 0.5, "b": 3.0},
-    "train": {"steps": 12, "batch_size": 16, "eval_sequences": 32, "model_overrides": TINY},
+    "run": {
+        "model": {"overrides": TINY},
+        "data": {"kind": "synthetic", "p": 0.5, "b": 3.0},
+        "train": {"steps": 12, "global_batch": 16},
+        "eval": {"held_out_sequences": 32},
+    },
 }
 
 
@@ -61,15 +65,26 @@ def until(predicate, timeout: float = 400, step: float = 2.0, tick=None):
 def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     """`myopia serve` (a real process, on the test's Ray head as a cluster) is killed mid-sweep and restarted on
     the same database: the sweep finishes, one job per run, with the gap in the API and in MLflow."""
-    env = {**os.environ, "RAY_ADDRESS": head["address"], "MYOPIA_JOB_PYTHON": sys.executable,
-           "MYOPIA_DATA_DIR": str(head["root"]), "MYOPIA_DATABASE_URL": f"sqlite:///{tmp_path / 'cp.db'}",
-           "MYOPIA_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MYOPIA_MAX_CONCURRENT_RUNS": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": head["address"],
+        "MYOPIA_JOB_PYTHON": sys.executable,
+        "MYOPIA_DATA_DIR": str(head["root"]),
+        "MYOPIA_DATABASE_URL": f"sqlite:///{tmp_path / 'cp.db'}",
+        "MYOPIA_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MYOPIA_MAX_CONCURRENT_RUNS": "1",
+    }
     url = f"http://127.0.0.1:{_free_port()}"
 
     def serve() -> subprocess.Popen:
         log = tmp_path / "serve.log"
-        proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", url.rsplit(":", 1)[1]], env=env,
-                                stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "serve", "--port", url.rsplit(":", 1)[1]],
+            env=env,
+            stdout=log.open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         _wait_ready(url, proc, log)
         return proc
 
@@ -95,7 +110,8 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     assert sorted(ids) == sorted(f"{r['id']}-a0" for r in done["runs"])  # one job per run: nothing twice
     assert results["sizes"][0]["n_params_nonembedding"] == 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64  # the overrides
     assert results["sizes"][0]["n_pairs"] == 1 and results["pairs"][0]["gap"] == pytest.approx(
-        results["pairs"][0]["myopic_loss"] - results["pairs"][0]["vanilla_loss"])  # fmt: skip
+        results["pairs"][0]["myopic_loss"] - results["pairs"][0]["vanilla_loss"]
+    )
     check_mlflow(results)
 
 
@@ -110,7 +126,8 @@ def check_mlflow(results: dict) -> None:
     store_dir = Path(links["tracking_uri"].removeprefix("sqlite:///")).parent
     assert sweep_run.info.artifact_uri.startswith(store_dir.as_uri())  # beside the store, not in some cwd
     assert {"results.json", "gap_vs_scale.png", "gap_table.json"} <= {
-        a.path for a in client.list_artifacts(sweep_run.info.run_id)}  # fmt: skip
+        a.path for a in client.list_artifacts(sweep_run.info.run_id)
+    }
     (row,) = results["pairs"]
     pair_run = client.get_run(links["pair_run_ids"][row["pair_id"]])
     assert pair_run.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
@@ -123,7 +140,7 @@ def check_mlflow(results: dict) -> None:
 
 def test_cancel_stops_the_job(head, tmp_path):
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
-    long = {**SWEEP, "train": {**SWEEP["train"], "steps": 5000}}
+    long = {**SWEEP, "run": {**SWEEP["run"], "train": {**SWEEP["run"]["train"], "steps": 5000}}}
     sweep, _ = create_sweep(db, SweepRequest.model_validate(long), mlflow_uri=None)
     rec = reconciler(head, db)
     rec.tick()
@@ -137,7 +154,8 @@ def test_cancel_stops_the_job(head, tmp_path):
 
 def test_a_failed_attempt_is_retried_and_resumes_from_its_checkpoint(head, tmp_path):
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
-    request = {**SWEEP, "arms": ["myopic"], "train": {**SWEEP["train"], "checkpoint_interval": 4}}
+    train = {**SWEEP["run"]["train"], "checkpoint_interval": 4}
+    request = {**SWEEP, "arms": ["myopic"], "run": {**SWEEP["run"], "train": train}}
     sweep, _ = create_sweep(db, SweepRequest.model_validate(request), mlflow_uri=None)
     env = {"MYOPIA_DATA_DIR": str(head["root"]), "MYOPIA_FAIL_AT_STEP": "6"}  # crashes once: after step 4's checkpoint
     rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, job_env=env)

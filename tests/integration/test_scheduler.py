@@ -7,13 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
+from scipy import stats
 
 from services import scheduler
+from services.gap_stats import Drift, drift
 from services.results import sweep_results
 from services.store import Run, Sweep, connect
 from services.sweeps import list_sweeps
 
-TEMPLATE = {"name": "nightly", "sizes": ["14m"], "seeds": [0, 1], "train": {"steps": 5}}
+TEMPLATE = {"name": "nightly", "sizes": ["14m"], "seeds": [0, 1], "run": {"train": {"steps": 5}}}
 T0 = datetime(2026, 11, 22, 3, 0, 30, tzinfo=UTC)
 
 
@@ -75,14 +77,17 @@ def finish(db, sweep_id: str, gaps: list[float]) -> None:
         s.get(Sweep, sweep_id).status = "succeeded"
 
 
-def test_drift_is_flagged_against_the_previous_interval(db):
+def test_drift_is_a_welch_test_against_the_previous_sweep(db):
     add(db)
     (first,) = scheduler.tick(db, T0)
-    finish(db, first, [0.10, 0.12])  # interval about [-0.017, 0.237]
+    finish(db, first, [0.10, 0.12])
     (second,) = scheduler.tick(db, T0 + timedelta(hours=1))
     finish(db, second, [0.40, 0.42])
-    res = sweep_results(db, second)
-    assert res["previous_sweep_id"] == first and res["sizes"][0]["drift"] is True
+    res = sweep_results(db, second)["sizes"][0]
+    welch = stats.ttest_ind([0.40, 0.42], [0.10, 0.12], equal_var=False).pvalue
+    assert sweep_results(db, second)["previous_sweep_id"] == first
+    assert (res["test"], res["drift"], res["p_value"]) == ("welch", True, pytest.approx(welch))
     (third,) = scheduler.tick(db, T0 + timedelta(hours=2))
-    finish(db, third, [0.41, 0.43])
+    finish(db, third, [0.41, 0.44])
     assert sweep_results(db, third)["sizes"][0]["drift"] is False
+    assert drift([0.1], [0.2, 0.3]) == Drift(test="cannot test: n < 2 (previous 1, now 2)", p_value=None, drift=None)

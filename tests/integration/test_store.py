@@ -31,8 +31,12 @@ def test_an_older_schema_is_upgraded_in_place_keeping_its_rows(database_url):
     migrate(database_url, "0001")  # a store written before the MLflow columns existed
     with create_engine(database_url).begin() as c:
         now = "CURRENT_TIMESTAMP"
-        c.execute(text("INSERT INTO sweeps (id, name, status, request, created_at, updated_at) "
-                       f"VALUES ('sw-old', 'old', 'succeeded', '{{}}', {now}, {now})"))  # fmt: skip
+        c.execute(
+            text(
+                "INSERT INTO sweeps (id, name, status, request, created_at, updated_at) "
+                f"VALUES ('sw-old', 'old', 'succeeded', '{{}}', {now}, {now})"
+            )
+        )
     db = connect(database_url)
     with db() as s:
         old = s.get(Sweep, "sw-old")

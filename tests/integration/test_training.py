@@ -10,9 +10,11 @@ import mlflow
 import pytest
 import ray
 
-from trainers import data as d
+from services.planner import preset_run
+from services.presets import DP_MODEL
+from trainers import corpora
 from trainers.entry import run
-from trainers.presets import preset
+from trainers.spec import TrackingSpec
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +27,7 @@ def env(tmp_path_factory):
     old = os.environ.get("MYOPIA_DATA_DIR")
     os.environ["MYOPIA_DATA_DIR"] = str(root)
     os.environ["TORCH_EXTENSIONS_DIR"] = str(cache)  # DeepSpeed's JIT-built op: build once, not per test
-    d.fetch(["wiki"], root, log=lambda _: None)
+    corpora.fetch(["wiki"], root, log=lambda _: None)
     from cluster.local import ensure_ray
 
     ensure_ray(num_cpus=2)
@@ -43,8 +45,10 @@ def tracked(env, experiment: str) -> dict:
 
 def test_text_pair_zero2_two_workers(env):
     """Pythia-14m shape, the real tokenizer, the Wikipedia corpus, ZeRO-2 on 2 Ray Train workers, both arms."""
-    base = preset("text-cpu", train={"steps": 30, "checkpoint_interval": 15}, eval={"held_out_sequences": 64},
-                  tracking=tracked(env, "text-pair"))  # fmt: skip
+    base = preset_run(
+        "text-cpu", run={"train": {"steps": 30, "checkpoint_interval": 15}, "eval": {"held_out_sequences": 64}}
+    )
+    base = base.model_copy(update={"tracking": TrackingSpec(**tracked(env, "text-pair"))})
     results = {arm: run(base.arm(arm)) for arm in ("vanilla", "myopic")}
     for arm, r in results.items():
         ev = r["eval"]
@@ -67,9 +71,15 @@ def test_text_pair_zero2_two_workers(env):
 
 
 def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(env):
-    base = preset("synthetic-cpu", train={"steps": 24, "checkpoint_interval": 8, "micro_batch": 32},
-                  resources={"workers": 2, "zero_stage": 2, "cpus_per_worker": 1},
-                  eval={"held_out_sequences": 128, "probes": False}, tracking=tracked(env, "resume"))  # fmt: skip
+    base = preset_run(
+        "synthetic-cpu",
+        run={
+            "train": {"steps": 24, "checkpoint_interval": 8, "micro_batch": 32},
+            "resources": {"workers": 2, "zero_stage": 2, "cpus_per_worker": 1},
+            "eval": {"held_out_sequences": 128, "probes": False},
+        },
+    )
+    base = base.model_copy(update={"tracking": TrackingSpec(**tracked(env, "resume"))})
     clean = run(base.model_copy(update={"name": "uninterrupted"}))
     crashing = base.model_copy(update={"name": "crashed"})
     with pytest.raises(RuntimeError, match="crashed failed"):
@@ -87,9 +97,17 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(env):
 
 
 def test_short_synthetic_pair_separates_the_arms(env):
-    """The CI-sized version of the synthetic-cpu result: after 300 steps the arms are already apart."""
-    base = preset("synthetic-cpu", train={"steps": 300}, attention={"variant": "kv"},
-                  eval={"held_out_sequences": 512})  # fmt: skip
+    """D_p with p = 0.5, b = 3 (learnt fast): after 300 steps the arms are already apart."""
+    base = preset_run(
+        "synthetic-cpu",
+        run={
+            "model": {"overrides": DP_MODEL},
+            "train": {"steps": 300},
+            "data": {"kind": "synthetic", "p": 0.5, "b": 3.0},
+            "attention": {"variant": "kv"},
+            "eval": {"held_out_sequences": 512},
+        },
+    )
     vanilla, myopic = run(base.arm("vanilla")), run(base.arm("myopic"))
     v, m = vanilla["eval"]["huber_over_p"], myopic["eval"]["huber_over_p"]
     assert v < 0.6 and m > 0.9, (v, m)

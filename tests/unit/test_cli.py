@@ -38,5 +38,5 @@ def test_zoo_and_presets_list():
     assert "2,775,208,960" in invoke("zoo").output
     out = invoke("presets").output
     assert all(name in out for name in ("synthetic-paper", "synthetic-cpu", "text-cpu", "pythia-paper"))
-    assert "demo-synthetic: scratch, sizes 14m, 1 seed(s), D_p b=3.0, 400 steps" in out
-    assert "pythia-paper: finetune, sizes 14m, 31m, 70m, 160m, 410m, 1b, 1.4b, 2.8b" in out
+    assert "pythia-paper (sizes 14m, 31m, 70m, 160m, 410m, 1b, 1.4b, 2.8b; 1 seed(s))" in out
+    assert "differs from the paper: data: the deduplicated Pile as text" in out

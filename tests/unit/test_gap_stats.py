@@ -30,8 +30,16 @@ def test_one_seed_has_no_interval_and_unpaired_input_is_refused():
 
 def test_fit_against_numpy_on_the_papers_pythia_gaps():
     """The paper's Pythia gaps (SCIENCE.md) against log10 non-embedding parameters."""
-    sizes = {"14m": 1_189_888, "31m": 4_739_072, "70m": 18_915_328, "160m": 85_056_000, "410m": 302_311_424,
-             "1b": 805_736_448, "1.4b": 1_208_602_624, "2.8b": 2_517_652_480}  # fmt: skip
+    sizes = {
+        "14m": 1_189_888,
+        "31m": 4_739_072,
+        "70m": 18_915_328,
+        "160m": 85_056_000,
+        "410m": 302_311_424,
+        "1b": 805_736_448,
+        "1.4b": 1_208_602_624,
+        "2.8b": 2_517_652_480,
+    }
     gaps = [0.16, 0.11, 0.04, 0.10, 0.15, 0.16, 0.17, 0.23]
     points = [size_gap(s, n, [0.0], [g]) for (s, n), g in zip(sizes.items(), gaps, strict=True)]
     fit = fit_gap(points)
@@ -44,3 +52,28 @@ def test_fit_against_numpy_on_the_papers_pythia_gaps():
     assert fit.slope_ci95 == pytest.approx((slope - half, slope + half))
     assert fit.r_squared == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2)
     assert fit_gap(points[:2]) is None
+    assert fit.weighted is False  # one pair per size: no standard errors to weight by
+
+
+def test_weighted_fit_against_a_hand_computation():
+    """Weighted least squares, weights 1/SE², slope variance scaled by the weighted residuals (n − 2 dof)."""
+    rows = {
+        "160m": (85_056_000, [0.10, 0.12, 0.08]),
+        "410m": (302_311_424, [0.15, 0.16, 0.14, 0.15]),
+        "1b": (805_736_448, [0.16, 0.20, 0.12]),
+        "2.8b": (2_517_652_480, [0.23, 0.25, 0.24]),
+    }
+    points = [size_gap(s, n, [0.0] * len(g), g) for s, (n, g) in rows.items()]
+    fit = fit_gap(points)
+    x = np.log10([n for n, _ in rows.values()])
+    y = np.array([np.mean(g) for _, g in rows.values()])
+    w = 1 / np.array([p.gap_se for p in points]) ** 2
+    X = np.column_stack([x, np.ones_like(x)])
+    beta = np.linalg.solve(X.T @ (w[:, None] * X), X.T @ (w * y))
+    resid = y - X @ beta
+    cov = np.linalg.inv(X.T @ (w[:, None] * X)) * (w @ resid**2) / (len(x) - 2)
+    half = stats.t.ppf(0.975, len(x) - 2) * math.sqrt(cov[0, 0])
+    assert fit.weighted and (fit.slope, fit.intercept) == (pytest.approx(beta[0]), pytest.approx(beta[1]))
+    assert fit.slope_ci95 == pytest.approx((beta[0] - half, beta[0] + half))
+    assert fit_gap(points, min_params=100_000_000).sizes == ["410m", "1b", "2.8b"]
+    assert fit_gap(points, min_params=500_000_000) is None

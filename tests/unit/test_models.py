@@ -78,13 +78,27 @@ def test_save_pretrained_round_trip(tmp_path):
 def test_pythia_format_checkpoint_loads_into_both_modes(tmp_path):
     """A directory laid out as EleutherAI's hub checkpoints (old config keys, attention.bias buffers)."""
     cfg = {
-        "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "gelu",
-        "hidden_size": 128, "initializer_range": 0.02, "intermediate_size": 512, "layer_norm_eps": 1e-05,
-        "max_position_embeddings": 2048, "model_type": "gpt_neox", "num_attention_heads": 4,
-        "num_hidden_layers": 6, "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
-        "torch_dtype": "float16", "transformers_version": "4.29.2", "use_cache": True,
-        "use_parallel_residual": True, "vocab_size": 50304,
-    }  # fmt: skip
+        "architectures": ["GPTNeoXForCausalLM"],
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "hidden_act": "gelu",
+        "hidden_size": 128,
+        "initializer_range": 0.02,
+        "intermediate_size": 512,
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": 2048,
+        "model_type": "gpt_neox",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 6,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 0.25,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "transformers_version": "4.29.2",
+        "use_cache": True,
+        "use_parallel_residual": True,
+        "vocab_size": 50304,
+    }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     torch.manual_seed(0)
     reference = build_model("14m")

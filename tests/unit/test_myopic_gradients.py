@@ -148,3 +148,38 @@ def test_cuda_kernels_match_cpu_float64(model, ids, padding_mask, variant, dtype
         scale = want[name].abs().max().item() + 1e-12
         err = (g.double().cpu() - want[name]).abs().max().item() / scale
         assert err < tol, f"{name}: relative error {err:.3g}"
+
+
+# ---- checks that share no code with the implementation: what the definition implies, read off the gradients
+def _last_position_grads(model, ids, mode, variant):
+    """The gradient of the loss at the last position alone, into the input embeddings and every parameter."""
+    set_attention(model, mode, variant=variant)
+    model.zero_grad(set_to_none=True)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, use_cache=False).logits
+    torch.nn.functional.cross_entropy(logits[:, -2], ids[:, -1]).backward()
+    return embeds.grad, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("variant", ["hidden", "kv"])
+def test_a_later_loss_sends_nothing_into_earlier_positions(model, ids, variant):
+    """With the loss at the last position only, no earlier position's input gets any gradient, exactly."""
+    d_embeds, _ = _last_position_grads(model, ids, "myopic", variant)
+    assert torch.count_nonzero(d_embeds[:, :-2]) == 0 and torch.count_nonzero(d_embeds[:, -2]) > 0
+    vanilla_d_embeds, _ = _last_position_grads(model, ids, "vanilla", variant)
+    assert torch.count_nonzero(vanilla_d_embeds[:, :-2]) > 0  # the vanilla gradient reaches them
+
+
+def test_the_last_layers_qkv_gradient_separates_the_variants(model, ids):
+    """In the last layer the hidden variant keeps the vanilla QKV-weight gradient (live weights on detached past
+    inputs); the kv variant keeps only each query's own key and value."""
+    name = next(
+        n
+        for n in dict(model.named_parameters())
+        if n.endswith(f"{model.config.num_hidden_layers - 1}.attention.query_key_value.weight")
+    )
+    _, vanilla = _last_position_grads(model, ids, "vanilla", "hidden")
+    _, hidden = _last_position_grads(model, ids, "myopic", "hidden")
+    _, kv = _last_position_grads(model, ids, "myopic", "kv")
+    assert (hidden[name] - vanilla[name]).abs().max() < TOL
+    assert (kv[name] - vanilla[name]).abs().max() > 1e-3

@@ -1,11 +1,13 @@
-"""The planner: sweep requests into matched pairs of run specs, resources per size read from data."""
+"""The planner: a run template plus axes into matched pairs of RunSpecs; presets; errors named by RunSpec path."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from services.planner import SweepRequest, plan, resources
+from cluster.resources import placement
+from services.planner import FieldError, SweepRequest, plan, preset_run
+from services.presets import PRESETS
 from trainers.spec import check_matched
 
 
@@ -13,81 +15,165 @@ def request(**fields):
     return SweepRequest.model_validate({"name": "ladder", "sizes": ["14m", "70m"], "seeds": [0, 1], **fields})
 
 
+def errors_of(body: dict, profile: str = "cpu") -> list[str]:
+    """The fields a request is refused for, from the request model or from the planner."""
+    try:
+        plan(SweepRequest.model_validate({"name": "x", "sizes": ["14m"], "seeds": [0], **body}), profile=profile)
+    except ValidationError as e:
+        return [".".join(str(p) for p in err["loc"]) for err in e.errors()]
+    except FieldError as e:
+        return [field for field, _ in e.errors]
+    return []
+
+
 def test_one_pair_per_size_and_seed_differing_only_in_attention():
-    pairs = plan(request(myopic={"variant": "kv", "beta": 0.2}), sweep_id="sw-1")
+    pairs = plan(request(run={"attention": {"variant": "kv", "beta": 0.2}}))
     assert [(p.size, p.seed) for p in pairs] == [("14m", 0), ("14m", 1), ("70m", 0), ("70m", 1)]
     for p in pairs:
         v, m = p.runs["vanilla"], p.runs["myopic"]
         check_matched(v, m)
-        assert (m.attention.variant, m.attention.beta) == ("kv", 0.2)
-        assert v.name == f"sw-1-{p.size}-s{p.seed}-vanilla" and v.seed == p.seed
-        assert v.lr == {"14m": 1e-3, "70m": 1e-3}[p.size]
+        assert (m.attention.variant, m.attention.beta) == ("kv", 0.2) and v.seed == p.seed
+        assert v.model.size == p.size and v.optimizer.lr == {"14m": 1e-3, "70m": 1e-3}[p.size]
     assert len({p.runs["myopic"].config_hash() for p in pairs}) == 4
 
 
-def test_resources_come_from_the_table():
-    assert resources("2.8b", "gpu").workers == 8 and resources("2.8b", "gpu").zero_stage == 2
-    assert resources("14m", "gpu").gpus_per_worker == 1
-    assert resources("1b", "cpu").gpus_per_worker == 0
-    big = plan(request(sizes=["2.8b"], seeds=[0], train={"batch_size": 64}), sweep_id="s", profile="gpu")[0]
-    assert big.runs["myopic"].resources.workers == 8 and big.runs["myopic"].train.micro_batch == 8
+def test_resources_and_micro_batch_come_from_the_profile():
+    assert placement("2.8b", "gpu").resources["workers"] == 8 and placement("2.8b", "gpu").max_micro_batch == 64
+    big = plan(request(sizes=["2.8b"], seeds=[0], run={"train": {"global_batch": 6144}}), profile="gpu")[0]
+    spec = big.runs["myopic"]
+    assert spec.resources.workers == 8 and spec.train.micro_batch == 64 and spec.grad_accum == 12
+    # what the template sets wins over the profile; the micro batch follows the workers
+    mine = plan(
+        request(sizes=["2.8b"], seeds=[0], run={"resources": {"workers": 4}, "train": {"global_batch": 64}}),
+        profile="gpu",
+    )[0].runs["vanilla"]
+    assert mine.resources.workers == 4 and mine.train.micro_batch == 16 and mine.grad_accum == 1
     with pytest.raises(ValueError, match="no resource profile 'tpu'"):
-        resources("14m", "tpu")
+        placement("14m", "tpu")
 
 
-def test_finetune_and_synthetic_and_single_arm():
-    ft = plan(request(protocol="finetune", sizes=["410m"], seeds=[0]), sweep_id="s")[0].runs["vanilla"]
-    assert ft.protocol.checkpoint == "EleutherAI/pythia-410m"
-    syn = plan(request(dataset={"kind": "synthetic", "p": 0.3, "b": 3}, seeds=[0]), sweep_id="s")[0]
-    assert syn.runs["myopic"].data.p == 0.3 and syn.runs["myopic"].model.overrides["hidden_act"] == "relu"
-    only = plan(request(arms=["myopic"]), sweep_id="s")[0]
+def test_learning_rate_rule():
+    assert plan(request(lr_scale=0.4))[0].runs["vanilla"].optimizer.lr == pytest.approx(4e-4)
+    by_size = plan(request(lr_scale=0.4, lr_by_size={"70m": 1.2e-4}))
+    assert [p.runs["vanilla"].optimizer.lr for p in by_size] == pytest.approx([4e-4, 4e-4, 1.2e-4, 1.2e-4])
+    fixed = plan(request(lr_by_size={"70m": 1.2e-4}, run={"optimizer": {"lr": 5e-5}}))
+    assert {p.runs["myopic"].optimizer.lr for p in fixed} == {5e-5}
+
+
+def test_finetune_checkpoint_pattern_substitutes_size_only():
+    finetune = {"protocol": {"kind": "finetune", "checkpoint": "ckpts/{size}/{size.__class__}"}}
+    ft = plan(request(sizes=["410m"], seeds=[0], run=finetune))
+    assert ft[0].runs["vanilla"].protocol.checkpoint == "ckpts/410m/{size.__class__}"  # never a format string
+    syn = plan(request(seeds=[0], run={"data": {"kind": "synthetic", "p": 0.3, "b": 3}}))[0]
+    assert syn.runs["myopic"].data.p == 0.3
+    only = plan(request(arms=["myopic"]))[0]
     assert list(only.runs) == ["myopic"]
 
 
 @pytest.mark.parametrize(
-    "fields,where",
+    "body,field",
     [
-        ({"sizes": ["3b"]}, "sizes"),
+        ({"sizes": ["3b"]}, "sizes.0"),
         ({"sizes": []}, "sizes"),
         ({"seeds": []}, "seeds"),
-        ({"seeds": [1, 1]}, "seeds"),
-        ({"arms": ["vanilla", "sideways"]}, "arms"),
-        ({"dataset": {"kind": "synthetic", "p": 1.5}}, "dataset.synthetic.p"),
-        ({"train": {"steps": 0}}, "train.steps"),
-        ({"myopic": {"beta": -1}}, "myopic.beta"),
+        ({"seeds": [-1]}, "seeds.0"),
+        ({"seeds": [2**63]}, "seeds.0"),
+        ({"arms": ["vanilla", "sideways"]}, "arms.1"),
         ({"colour": "red"}, "colour"),
+        ({"lr_scale": float("inf")}, "lr_scale"),
+        ({"run": {"data": {"kind": "synthetic", "p": 1.5}}}, "run.data.synthetic.p"),
+        ({"run": {"train": {"steps": 0}}}, "run.train.steps"),
+        ({"run": {"train": {"stepz": 3}}}, "run.train.stepz"),
+        ({"run": {"attention": {"beta": -1}}}, "run.attention.beta"),
+        ({"run": {"model": {"size": "70m"}}}, "run.model.size"),
+        ({"run": {"seed": 3}}, "run.seed"),
+        ({"run": {"tracking": {"experiment": "x"}}}, "run.tracking"),
+        ({"run": {"model": {"overrides": {"hidden_size": "wide"}}}}, "run.model.overrides"),
+        ({"run": {"protocol": {"kind": "finetune"}}}, "run.protocol.checkpoint"),
+        ({"run": {"train": {"global_batch": 7, "micro_batch": 2}}}, "run.train.global_batch"),
+        ({"run": {"train": {"precision": "fp16"}}}, "run.train.precision"),
     ],
 )
-def test_bad_requests_name_the_field(fields, where):
-    with pytest.raises(ValidationError) as e:
-        request(**fields)
-    locs = [".".join(str(p) for p in err["loc"]) for err in e.value.errors()]
-    assert any(loc.startswith(where) for loc in locs), locs
+def test_bad_requests_name_the_field_by_its_path(body, field):
+    assert field in errors_of(body)
+
+
+def test_repeats_are_refused():
+    with pytest.raises(ValidationError, match="seeds\n  Value error, lists each value once"):
+        request(seeds=[1, 1])
 
 
 def test_a_preset_fills_what_the_request_leaves_out():
     demo = SweepRequest.model_validate({"preset": "demo"})
-    assert demo.name == "demo-text" and demo.sizes == ["14m", "31m"] and demo.dataset.kind == "text"
-    mine = SweepRequest.model_validate({"preset": "demo", "name": "mine", "seeds": [3, 4], "train": {"steps": 7}})
-    assert (mine.name, mine.seeds, mine.train.steps) == ("mine", [3, 4], 7)
-    assert mine.train.batch_size == demo.train.batch_size  # sections merge key by key
-    other_kind = SweepRequest.model_validate({"preset": "demo", "dataset": {"kind": "synthetic", "p": 0.3}})
-    assert other_kind.dataset.kind == "synthetic" and other_kind.dataset.p == 0.3  # replaced, not merged
+    assert demo.name == "demo" and demo.sizes == ["14m", "31m"] and demo.run.data.kind == "text"
+    mine = SweepRequest.model_validate(
+        {"preset": "demo", "name": "mine", "seeds": [3, 4], "run": {"train": {"steps": 7}}}
+    )
+    assert (mine.name, mine.seeds, mine.run.train.steps) == ("mine", [3, 4], 7)
+    assert mine.run.train.global_batch == demo.run.train.global_batch  # sections merge key by key
+    other = SweepRequest.model_validate({"preset": "demo", "run": {"data": {"kind": "synthetic", "p": 0.3}}})
+    assert other.run.data.kind == "synthetic" and other.run.data.p == 0.3  # another kind replaces, not merges
+    assert "preset" in errors_of({"preset": "nope"})
 
 
-def test_paper_presets():
-    paper = SweepRequest.model_validate({"preset": "pythia-paper"})
-    assert paper.sizes == ["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
-    (pair,) = plan(paper.model_copy(update={"sizes": ["1.4b"]}), sweep_id="s", profile="gpu")
-    spec = pair.runs["myopic"]
-    assert spec.protocol.checkpoint == "EleutherAI/pythia-1.4b" and spec.data.kind == "hf"
-    assert spec.lr == pytest.approx(0.4 * 2e-4) and spec.train.precision == "fp16"
-    assert spec.train.global_batch * spec.train.steps * spec.train.seq_len == pytest.approx(640e6, rel=1e-3)
-    dp = plan(SweepRequest.model_validate({"preset": "synthetic-paper"}), sweep_id="s")
-    assert len(dp) == 5 and dp[0].runs["myopic"].model.overrides["hidden_size"] == 128
-    assert dp[0].runs["myopic"].data.b == 10.0 and dp[0].runs["myopic"].train.global_batch == 512
+def test_pythia_paper_is_the_papers_protocol():
+    """PAPER.md section 3.2, value by value."""
+    runs = {
+        p.size: p.runs["myopic"] for p in plan(SweepRequest.model_validate({"preset": "pythia-paper"}), profile="gpu")
+    }
+    assert list(runs) == ["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
+    lrs = {
+        "14m": 4e-4,
+        "31m": 4e-4,
+        "70m": 1.2e-4,
+        "160m": 2.4e-4,
+        "410m": 1.2e-4,
+        "1b": 1.2e-4,
+        "1.4b": 8e-5,
+        "2.8b": 6.4e-5,
+    }
+    for size, s in runs.items():
+        assert s.optimizer.lr == pytest.approx(lrs[size])
+        assert s.protocol.kind == "finetune" and s.protocol.checkpoint == f"EleutherAI/pythia-{size}"
+        assert (s.data.kind, s.data.sequences, s.data.held_out) == ("hf", "document_start", 0.01)
+        assert (s.train.seq_len, s.train.global_batch, s.train.steps) == (64, 6144, 1627)
+        assert 9.99e6 < s.train.global_batch * s.train.steps <= 10e6  # 10M sequences, one epoch
+        assert (s.optimizer.betas, s.optimizer.weight_decay, s.optimizer.clip) == ((0.9, 0.999), 0.01, 0.0)
+        assert (s.optimizer.warmup_frac, s.optimizer.min_lr_ratio) == (0.05, 0.0)
+        assert (s.train.precision, s.resources.zero_stage, s.attention.variant) == ("fp16", 2, "hidden")
+        assert s.train.micro_batch * s.grad_accum * s.resources.workers == 6144
+        assert s.train.micro_batch <= placement(size, "gpu").max_micro_batch
 
 
-def test_an_unknown_preset_is_named():
-    with pytest.raises(ValidationError, match="unknown preset 'nope'"):
-        SweepRequest.model_validate({"preset": "nope"})
+def test_synthetic_paper_is_the_papers_configuration():
+    """PAPER.md section 2, value by value; the other p values of the paper are one field away."""
+    (pair,) = plan(SweepRequest.model_validate({"preset": "synthetic-paper", "seeds": [0]}))
+    s = pair.runs["myopic"]
+    assert (s.data.kind, s.data.p, s.data.b, s.data.lags, s.train.seq_len) == ("synthetic", 1.0, 10.0, 10, 64)
+    assert s.model.overrides == {
+        "num_hidden_layers": 2,
+        "hidden_size": 128,
+        "num_attention_heads": 2,
+        "hidden_act": "relu",
+    }
+    assert (s.optimizer.lr, s.optimizer.betas, s.optimizer.weight_decay, s.optimizer.clip) == (
+        1e-3,
+        (0.9, 0.999),
+        0.01,
+        0.0,
+    )
+    assert (s.optimizer.warmup_frac, s.optimizer.min_lr_ratio) == (0.01, 0.0)
+    assert (s.train.global_batch, s.train.steps, s.train.precision) == (512, 58_593, "fp32")
+    assert s.attention.variant == "hidden"
+    for p in (0.01, 0.1, 0.3):
+        assert preset_run("synthetic-paper", run={"data": {"p": p}}).data.p == p
+    assert PRESETS["synthetic-paper"].deviations and PRESETS["pythia-paper"].deviations
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_plans(name):
+    for s in (
+        pair.runs["vanilla"]
+        for pair in plan(SweepRequest.model_validate({"preset": name}), profile=PRESETS[name].profile or "cpu")
+    ):
+        assert s.grad_accum >= 1 and s.optimizer.lr is not None

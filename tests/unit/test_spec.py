@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from trainers.presets import PRESETS, preset
-from trainers.spec import RunSpec, SpecError, check_matched, flat_params, load_spec, parse_spec
+from services.planner import preset_run
+from trainers.spec import RunSpec, SpecError, check_matched, load_spec, parse_spec
 
 
 def test_json_round_trip():
-    spec = preset("text-cpu", attention={"mode": "myopic", "variant": "kv", "beta": 0.25})
+    spec = preset_run("text-cpu", run={"attention": {"variant": "kv", "beta": 0.25}}).arm("myopic")
     again = RunSpec.model_validate_json(spec.model_dump_json())
     assert again == spec and again.config_hash() == spec.config_hash()
 
@@ -21,13 +21,14 @@ def test_json_round_trip():
     [
         ({"train": {"stepz": 3}}, "train.stepz"),
         ({"colour": "red"}, "colour"),
-        ({"model": {"size": "3b"}}, "3b"),
+        ({"model": {"size": "3b"}}, "model.size"),
         ({"model": {"overrides": {"hiden_size": 8}}}, "hiden_size"),
         ({"data": {"kind": "synthetic", "p": 0}}, "data.synthetic.p"),
         ({"data": {"kind": "tape"}}, "data"),
         ({"attention": {"beta": 2}}, "attention.beta"),
-        ({"protocol": {"kind": "finetune"}}, "checkpoint"),
-        ({"train": {"micro_batch": 3, "global_batch": 8}}, "global_batch"),
+        ({"protocol": {"kind": "finetune"}}, "protocol.checkpoint"),
+        ({"train": {"micro_batch": 3, "global_batch": 8}}, "train.global_batch"),
+        ({"model": {"overrides": {"hidden_size": "wide"}}}, "model.overrides"),
     ],
 )
 def test_bad_specs_name_what_is_wrong(doc, names):
@@ -45,7 +46,7 @@ def test_load_spec_errors_name_the_file(tmp_path):
 
 
 def test_arms_differ_only_in_attention_mode():
-    base = preset("synthetic-cpu")
+    base = preset_run("synthetic-cpu")
     vanilla, myopic = base.arm("vanilla"), base.arm("myopic")
     check_matched(vanilla, myopic)
     assert vanilla.pair_hash() == myopic.pair_hash() and vanilla.config_hash() != myopic.config_hash()
@@ -66,19 +67,5 @@ def test_arms_differ_only_in_attention_mode():
 
 
 def test_lr_defaults_to_the_size():
-    assert preset("text-cpu", "160m").lr == 6e-4
-    assert preset("pythia-paper", "2.8b").lr == pytest.approx(0.4 * 1.6e-4)
-
-
-@pytest.mark.parametrize("name", list(PRESETS))
-def test_presets_are_valid(name):
-    spec = preset(name)
-    assert spec.grad_accum >= 1
-    assert "optimizer.lr" in flat_params(spec)
-
-
-def test_synthetic_paper_is_the_papers_configuration():
-    s = preset("synthetic-paper")
-    assert (s.data.b, s.train.global_batch, s.optimizer.lr, s.train.steps) == (10.0, 512, 1e-3, 58_593)
-    assert s.model.overrides == {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2,
-                                 "hidden_act": "relu"}  # fmt: skip
+    assert RunSpec.model_validate({"model": {"size": "160m"}}).lr == 6e-4
+    assert preset_run("pythia-paper", size="2.8b").lr == pytest.approx(6.4e-5)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainers.presets import preset
+from services.planner import preset_run
 from trainers.synthetic import SyntheticTask
 from trainers.tasks import DpTask
 
@@ -38,7 +38,7 @@ def test_bad_task_parameters_are_named():
 
 
 def test_both_arms_start_from_the_same_weights():
-    base = preset("synthetic-cpu")
+    base = preset_run("synthetic-cpu")
     models = []
     for arm in ("vanilla", "myopic"):
         torch.manual_seed(base.seed)  # what every worker does before building (trainers.loop)

@@ -1,0 +1,36 @@
+"""The resources each size gets per cluster profile, read from `resources.yaml` beside this module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RESOURCES = Path(__file__).with_name("resources.yaml")
+
+
+@dataclass(frozen=True)
+class Placement:
+    resources: dict[str, Any]  # a RunSpec `resources` section
+    max_micro_batch: int  # sequences per worker per forward that fit
+
+    def micro_batch(self, global_batch: int, workers: int) -> int:
+        """The largest divisor of the per-worker batch that fits: the rest is gradient accumulation."""
+        per_worker = max(1, global_batch // workers)
+        return max(d for d in range(1, min(per_worker, self.max_micro_batch) + 1) if per_worker % d == 0)
+
+
+def profiles(path: Path = RESOURCES) -> list[str]:
+    return list(yaml.safe_load(path.read_text()))
+
+
+def placement(size: str, profile: str = "cpu", path: Path = RESOURCES) -> Placement:
+    table = yaml.safe_load(path.read_text())
+    if profile not in table:
+        raise ValueError(f"no resource profile {profile!r} in {path}; profiles: {', '.join(table)}")
+    entry = dict(table[profile].get(size, table[profile].get("default")) or {})
+    if not entry:
+        raise ValueError(f"{path}: profile {profile!r} has no entry for {size} and no default")
+    return Placement(entry, int(entry.pop("max_micro_batch", 2**31 - 1)))
