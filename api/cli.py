@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -16,6 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from api.client_cli import run as run_group
+from api.client_cli import schedule as schedule_group
+from api.client_cli import sweep as sweep_group
 from cluster.local import configure_loopback
 
 console = Console()
@@ -52,93 +50,9 @@ def zoo() -> None:
 def demo(port: int, json_out: str | None) -> None:
     """The whole path on one machine: start the control plane (local Ray head, SQLite, local MLflow), submit the
     `demo-synthetic` and `demo` sweeps over REST, follow them, print the gap tables, stop what it started."""
-    from api.client_cli import _call, _results_table, follow, submit
-    from services.settings import Settings
-    from trainers import corpora
+    from api.demo import run_demo
 
-    settings = Settings()
-    corpora.fetch(["wiki"], log=console.print)  # the text ladder's corpus and the tokenizer (once; then cached)
-    out_dir = settings.data_dir.expanduser() / "demo"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
-    url = f"http://127.0.0.1:{port}"
-    os.environ["MYOPIA_API_URL"] = url
-    # a store of its own: a control plane resumes every unfinished sweep of its store, and the demo runs its own
-    os.environ["MYOPIA_DATABASE_URL"] = f"sqlite:///{out_dir / time.strftime('demo-%Y%m%d-%H%M%S.db')}"
-    log = (out_dir / "serve.log").open("w")
-    console.print(f"starting the control plane at {url} (log: {log.name})")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        _wait_ready(url, server, Path(log.name))
-        ids = [submit({"preset": name})["id"] for name in ("demo-synthetic", "demo")]
-        console.print(f"store {os.environ['MYOPIA_DATABASE_URL']}; MLflow {settings.mlflow}")
-        follow(*ids)
-        everything = {}
-        for sweep_id in ids:
-            sweep = _call("GET", f"/v1/sweeps/{sweep_id}").json()
-            res = _call("GET", f"/v1/sweeps/{sweep_id}/results").json()
-            png = out_dir / f"{sweep['name']}.png"
-            png.write_bytes(_call("GET", f"/v1/sweeps/{sweep_id}/results.png").content)
-            table = _results_table(res)
-            table.title = f"{sweep['name']} ({sweep_id}): {sweep['status']}"
-            console.print(table)
-            console.print(f"plot: {png}")
-            everything[sweep["name"]] = {"sweep": sweep, "results": res}
-        console.print(
-            "myopia gap = myopic − vanilla held-out loss (Huber/p on D_p, cross-entropy on text), "
-            "same init, data order and hyper-parameters in both arms."
-        )
-        mlflow = res["mlflow"] or {}
-        console.print(
-            f"MLflow: experiments myopia/demo-synthetic and myopia/demo in {settings.mlflow}; "
-            f"open the dashboard with `.venv/bin/mlflow ui --backend-store-uri {settings.mlflow}` "
-            f"(http://127.0.0.1:5000), sweep run {mlflow.get('sweep_run_id')}"
-        )
-        if json_out:
-            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_out).write_text(json.dumps(everything, indent=1))
-            console.print(f"results written to {json_out}")
-    finally:
-        _stop(server)
-        log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise click.ClickException(f"the control plane exited ({server.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise click.ClickException(f"the control plane did not become ready in {timeout:.0f} s (log: {log})")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    """SIGTERM: uvicorn shuts down and the process's Ray head goes with it; kill the group if it lingers."""
-    if server.poll() is None:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+    run_demo(port, json_out)
 
 
 @main.command()
@@ -282,13 +196,9 @@ def _train(spec) -> dict:
         return run(spec, on_progress=lambda s: progress.update(bar, completed=s["step"], loss=s["loss"]))
 
 
-from api.client_cli import run as _run_group  # noqa: E402
-from api.client_cli import schedule as _schedule_group  # noqa: E402
-from api.client_cli import sweep as _sweep_group  # noqa: E402
-
-main.add_command(_sweep_group, "sweep")
-main.add_command(_run_group, "run")
-main.add_command(_schedule_group, "schedule")
+main.add_command(sweep_group, "sweep")
+main.add_command(run_group, "run")
+main.add_command(schedule_group, "schedule")
 
 if __name__ == "__main__":
     sys.exit(main())

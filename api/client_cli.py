@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +19,39 @@ console = Console()
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def _call(method: str, path: str, **kw: Any) -> httpx.Response:
-    url = os.environ.get("MYOPIA_API_URL", "http://127.0.0.1:8000")
-    token = os.environ.get("MYOPIA_API_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        r = httpx.request(method, url + path, headers={**headers, **kw.pop("headers", {})}, timeout=60, **kw)
-    except httpx.HTTPError as e:
-        raise click.ClickException(
-            f"cannot reach the control plane at {url}: {e} (is `myopia serve` running?)"
-        ) from None
-    if r.status_code >= 400:
+@dataclass(frozen=True)
+class Api:
+    """The control plane's REST API; errors become one-line CLI errors."""
+
+    url: str
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Api:
+        return cls(os.environ.get("MYOPIA_API_URL", "http://127.0.0.1:8000"), os.environ.get("MYOPIA_API_TOKEN"))
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            message = r.json().get("message", r.text)
-        except ValueError:
-            message = r.text
-        raise click.ClickException(f"{r.status_code}: {message}")
-    return r
+            r = httpx.request(method, self.url + path, headers={**headers, **kw.pop("headers", {})}, timeout=60, **kw)
+        except httpx.HTTPError as e:
+            raise click.ClickException(
+                f"cannot reach the control plane at {self.url}: {e} (is `myopia serve` running?)"
+            ) from None
+        if r.status_code >= 400:
+            try:
+                message = r.json().get("message", r.text)
+            except ValueError:
+                message = r.text
+            raise click.ClickException(f"{r.status_code}: {message}")
+        return r
 
 
-def _runs_table(sweep: dict[str, Any]) -> Table:
+def _call(method: str, path: str, **kw: Any) -> httpx.Response:
+    return Api.from_env().call(method, path, **kw)
+
+
+def runs_table(sweep: dict[str, Any]) -> Table:
     table = Table(
         "run", "size", "seed", "arm", "status", "attempt", title=f"{sweep['id']} {sweep['name']}: {sweep['status']}"
     )
@@ -46,7 +60,7 @@ def _runs_table(sweep: dict[str, Any]) -> Table:
     return table
 
 
-def _results_table(res: dict[str, Any]) -> Table:
+def results_table(res: dict[str, Any]) -> Table:
     drift = any("test" in s for s in res["sizes"])
     columns = ["size", "non-embedding params", "pairs", "vanilla", "myopic", "gap", "95% CI over seeds"]
     table = Table(*columns, *(["drift (Welch)"] if drift else []), title="myopia gap")
@@ -118,7 +132,8 @@ def sweep_plan(request_file: str | None, preset: str | None, profile: str | None
     jobs get (the control plane adds each run's name and MLflow tracking)."""
     from pydantic import ValidationError
 
-    from services.planner import FieldError, SweepRequest, plan, profile_of
+    from services.errors import InvalidRequest
+    from services.planner import SweepRequest, plan, profile_of
     from services.settings import Settings
     from trainers.spec import error_path
 
@@ -129,7 +144,7 @@ def sweep_plan(request_file: str | None, preset: str | None, profile: str | None
         pairs = plan(SweepRequest.model_validate(body), profile=profile)
     except ValidationError as e:
         raise click.ClickException("; ".join(f"{error_path(err)}: {err['msg']}" for err in e.errors())) from None
-    except FieldError as e:
+    except InvalidRequest as e:
         raise click.ClickException(str(e)) from None
     runs = [spec.model_dump(mode="json") for p in pairs for spec in p.runs.values()]
     click.echo(json.dumps({"runs": runs}, indent=1))
@@ -143,20 +158,20 @@ def sweep_plan(request_file: str | None, preset: str | None, profile: str | None
 @click.option("--wait", is_flag=True, help="follow the sweep until it ends, then print the gap table")
 def sweep_submit(request_file: str | None, preset: str | None, name: str | None, key: str | None, wait: bool) -> None:
     """Submit the sweep request in REQUEST_FILE (JSON) and/or a --preset."""
-    s = submit(request_body(request_file, preset, name), key)
+    s = submit(Api.from_env(), request_body(request_file, preset, name), key)
     if wait:
-        s = follow(s["id"])
-        console.print(_runs_table(s))
-        console.print(_results_table(_call("GET", f"/v1/sweeps/{s['id']}/results").json()))
+        s = follow(Api.from_env(), s["id"])
+        console.print(runs_table(s))
+        console.print(results_table(_call("GET", f"/v1/sweeps/{s['id']}/results").json()))
 
 
-def submit(body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
-    s = _call("POST", "/v1/sweeps", json=body, headers={"Idempotency-Key": key} if key else {}).json()
+def submit(api: Api, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+    s = api.call("POST", "/v1/sweeps", json=body, headers={"Idempotency-Key": key} if key else {}).json()
     console.print(f"sweep {s['id']}: {len(s['runs'])} runs, {s['status']}")
     return s
 
 
-def follow(*sweep_ids: str, every: float = 3.0) -> dict[str, Any]:
+def follow(api: Api, *sweep_ids: str, every: float = 3.0) -> dict[str, Any]:
     """Poll the sweeps until all have ended, with a bar per run (its steps, from the job's progress); returns the
     last sweep's final state."""
     columns = (
@@ -169,7 +184,7 @@ def follow(*sweep_ids: str, every: float = 3.0) -> dict[str, Any]:
     bars: dict[str, Any] = {}
     with Progress(*columns, console=console) as progress:
         while True:
-            sweeps = [_call("GET", f"/v1/sweeps/{i}").json() for i in sweep_ids]
+            sweeps = [api.call("GET", f"/v1/sweeps/{i}").json() for i in sweep_ids]
             for r in (r for s in sweeps for r in s["runs"]):
                 p = r.get("progress") or {}
                 steps = p.get("steps") or (r["result"] or {}).get("steps") or 1
@@ -194,7 +209,7 @@ def sweep_list() -> None:
 @sweep.command("show")
 @click.argument("sweep_id")
 def sweep_show(sweep_id: str) -> None:
-    console.print(_runs_table(_call("GET", f"/v1/sweeps/{sweep_id}").json()))
+    console.print(runs_table(_call("GET", f"/v1/sweeps/{sweep_id}").json()))
 
 
 @sweep.command("cancel")
@@ -208,7 +223,7 @@ def sweep_cancel(sweep_id: str) -> None:
 @click.option("--png", type=click.Path(dir_okay=False), help="also save the plot here")
 def sweep_results(sweep_id: str, png: str | None) -> None:
     res = _call("GET", f"/v1/sweeps/{sweep_id}/results").json()
-    console.print(_results_table(res))
+    console.print(results_table(res))
     for line in fit_lines(res):
         console.print(line)
     if png:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import trainers.engine  # noqa: F401  (sets DeepSpeed's accelerator before deepspeed is imported)
 from cluster.resources import placement
 from trainers.models import PYTHIA_SIZES, PYTHIA_VOCAB
+from trainers.runtime import configure_deepspeed_env
 from trainers.spec import ResourceSpec
 
 GPU_GB = 80
@@ -34,6 +34,7 @@ def model_states_bytes(n_params: int, largest_layer: int, stage: int, gpus: int)
     """Per GPU, mixed precision with Adam: DeepSpeed's estimators for stages 2 and 3; stages 0 and 1 by the same
     accounting (2 bytes fp16 params + 2 fp16 grads + 16 of fp32 grads, params and Adam moments; stage 1 partitions
     those 16, stage 0 nothing)."""
+    configure_deepspeed_env()  # before deepspeed is first imported
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 

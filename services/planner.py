@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal, Union, get_origin
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     create_model,
@@ -27,10 +26,11 @@ from pydantic import (
 )
 
 from cluster.resources import placement
+from services.errors import InvalidRequest
 from services.presets import PRESETS, merge
 from trainers.models import PYTHIA_SIZES, SizeName
 from trainers.myopic import AttentionMode
-from trainers.spec import RunSpec, check_matched, error_path
+from trainers.spec import RunSpec, Strict, check_matched, error_path
 
 # Fields of a RunSpec the request's axes or the service set; a template that sets them is refused.
 SET_ELSEWHERE = {
@@ -41,14 +41,6 @@ SET_ELSEWHERE = {
     "tracking": "set by the service",
     "storage_path": "set by the service",
 }
-
-
-class FieldError(ValueError):
-    """A request refused; `errors` are (field path, message) pairs."""
-
-    def __init__(self, errors: list[tuple[str, str]]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{f}: {m}" for f, m in errors))
 
 
 def _refuse(why: str):
@@ -71,8 +63,7 @@ def _template_of(model: type[BaseModel], prefix: str = "") -> type[BaseModel]:
         partial = copy.copy(info)
         partial.default, partial.default_factory = None, None
         fields[name] = (annotation | None, partial)
-    config = ConfigDict(extra="forbid", frozen=True)
-    return create_model(f"{model.__name__.removesuffix('Spec')}Template", __config__=config, **fields)
+    return create_model(f"{model.__name__.removesuffix('Spec')}Template", __base__=Strict, **fields)
 
 
 def _template_type(annotation: Any, prefix: str) -> Any:
@@ -88,9 +79,7 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
-class SweepRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SweepRequest(Strict):
     name: str = Field(min_length=1, max_length=200)
     sizes: list[SizeName] = Field(min_length=1, max_length=len(PYTHIA_SIZES))
     seeds: list[Seed] = Field(min_length=1, max_length=100)
@@ -166,7 +155,7 @@ def plan(request: SweepRequest, *, profile: str = "cpu") -> list[PlannedPair]:
                 base = RunSpec.model_validate(size_spec(request, size, seed, profile))
             except ValidationError as e:
                 errors = [(error_path(err, ("run",)), f"{err['msg']} (at size {size})") for err in e.errors()]
-                raise FieldError(errors) from None
+                raise InvalidRequest(errors) from None
             vanilla, myopic = base.arm("vanilla"), base.arm("myopic")
             check_matched(vanilla, myopic)
             both = {"vanilla": vanilla, "myopic": myopic}

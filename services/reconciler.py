@@ -15,12 +15,11 @@ from ray.job_submission import JobStatus
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cluster.jobs import ACTIVE, Jobs, submission_id
+from cluster.jobs import ACTIVE as JOB_ACTIVE
+from cluster.jobs import Jobs, submission_id
 from services import sweep_tracking
-from services.store import Run, Sweep
-from trainers.paths import progress_file, run_storage
-
-RUNNING_STATES = ("submitted", "running")
+from services.store import ACTIVE, TERMINAL, Run, RunStatus, Sweep
+from trainers.job_protocol import progress_file, run_storage
 
 
 class Reconciler:
@@ -41,20 +40,19 @@ class Reconciler:
     # ------------------------------------------------------------------------------------------------ ticking
     def tick(self) -> None:
         with self.db.begin() as s:
-            active = list(s.scalars(select(Run).where(Run.status.in_(RUNNING_STATES))))
+            active = list(s.scalars(select(Run).where(Run.status.in_(ACTIVE))))
             for run in active:
                 self._poll(run)
-            for run in s.scalars(select(Run).where(Run.status == "cancelled", Run.submission_id.is_not(None))):
+            for run in s.scalars(select(Run).where(Run.status == RunStatus.CANCELLED, Run.submission_id.is_not(None))):
                 self.jobs.stop(run.submission_id)
-            busy = sum(r.status in RUNNING_STATES for r in active)
-            queued = s.scalars(select(Run).where(Run.status == "queued").order_by(Run.created_at, Run.id))
+            busy = sum(r.status in ACTIVE for r in active)
+            queued = s.scalars(select(Run).where(Run.status == RunStatus.QUEUED).order_by(Run.created_at, Run.id))
             for run in queued:
                 if busy >= self.max_concurrent:
                     break
                 self._submit(run)
                 busy += 1
             self._sweep_statuses(s)
-        sweep_tracking.report(self.db)  # after the commit: it reads the results the tick stored
 
     # ------------------------------------------------------------------------------------------------ a run
     def _submit(self, run: Run) -> None:
@@ -67,13 +65,13 @@ class Reconciler:
             self.jobs.submit(sid, run.spec, self.job_env)
         run.progress = None
         run.submission_id = sid
-        run.set_status("submitted", sid)
+        run.set_status(RunStatus.SUBMITTED, sid)
 
     def _poll(self, run: Run) -> None:
         status = self.jobs.status(run.submission_id)
-        if status in ACTIVE:
+        if status in JOB_ACTIVE:
             if status == JobStatus.RUNNING:
-                run.set_status("running")
+                run.set_status(RunStatus.RUNNING)
                 self._progress(run)
             return
         if status == JobStatus.SUCCEEDED:
@@ -84,7 +82,7 @@ class Reconciler:
             if run.result is None:
                 return self._failed(run, "the job succeeded but printed no result line")
             run.error = None
-            run.set_status("succeeded")
+            run.set_status(RunStatus.SUCCEEDED)
             return
         why = "its job is gone (cluster restarted?)" if status is None else f"job {status.value}"
         self._failed(run, f"{why}: {self.jobs.logs(run.submission_id)[-2000:]}" if status else why)
@@ -105,17 +103,17 @@ class Reconciler:
         run.error = error
         if run.attempt + 1 < self.max_attempts:
             run.attempt += 1
-            run.set_status("queued", f"retry: {error[:200]}")  # resumes from the run's latest checkpoint
+            run.set_status(RunStatus.QUEUED, f"retry: {error[:200]}")  # resumes from the run's latest checkpoint
         else:
-            run.set_status("failed", error[:500])
+            run.set_status(RunStatus.FAILED, error[:500])
 
     @staticmethod
     def _sweep_statuses(s: Session) -> None:
-        for sweep in s.scalars(select(Sweep).where(Sweep.status.in_(("queued", "running")))):
+        for sweep in s.scalars(select(Sweep).where(Sweep.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)))):
             states = {r.status for r in sweep.runs}
-            if states <= {"succeeded"}:
-                sweep.status = "succeeded"
-            elif states <= {"succeeded", "failed", "cancelled"}:
-                sweep.status = "failed" if "failed" in states else "cancelled"
-            elif states & {"submitted", "running"} or "succeeded" in states:
-                sweep.status = "running"
+            if states <= {RunStatus.SUCCEEDED}:
+                sweep.status = RunStatus.SUCCEEDED
+            elif states <= TERMINAL:
+                sweep.status = RunStatus.FAILED if RunStatus.FAILED in states else RunStatus.CANCELLED
+            elif states & ACTIVE or RunStatus.SUCCEEDED in states:
+                sweep.status = RunStatus.RUNNING

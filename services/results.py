@@ -7,19 +7,15 @@ import io
 from collections import defaultdict
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend
+from sqlalchemy.orm import sessionmaker
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sqlalchemy.orm import sessionmaker  # noqa: E402
-
-from services.gap_stats import SizeGap, drift, fit_gap, size_gap  # noqa: E402
-from services.store import Sweep  # noqa: E402
-from services.sweep_tracking import links  # noqa: E402
-from services.sweeps import get_sweep  # noqa: E402
-from trainers.evaluate import headline  # noqa: E402
-from trainers.models import PYTHIA_SIZES, count_params  # noqa: E402
+from services.gap_stats import SizeGap, drift, fit_gap, size_gap
+from services.store import RunStatus, Sweep
+from services.sweeps import get_sweep
+from trainers.evaluate import headline
+from trainers.models import PYTHIA_SIZES, count_params
 
 
 def _loss(result: dict[str, Any]) -> float:
@@ -36,7 +32,7 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
     """One row per pair whose two runs both succeeded: losses, gap, and the gap per position."""
     arms: dict[str, dict[str, Any]] = defaultdict(dict)
     for run in sweep.runs:
-        if run.status == "succeeded" and run.result:
+        if run.status == RunStatus.SUCCEEDED and run.result:
             arms[run.pair_id][run.arm] = run
     rows = []
     for pair in sweep.pairs:
@@ -96,7 +92,8 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
 def gap_plot(results: dict[str, Any]) -> bytes:
     """PNG: the gap against non-embedding parameters (mean with 95% interval, each pair, the fit) and the mean
     gap per position for each size."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     sizes = results["sizes"]
     for row in results["pairs"]:
         ax1.scatter(row["n_params_nonembedding"], row["gap"], color="grey", s=12, alpha=0.6)
@@ -152,5 +149,24 @@ def gap_plot(results: dict[str, Any]) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return buf.getvalue()
+
+
+def tracking_of(sweep: Sweep) -> dict[str, Any] | None:
+    """The MLflow tracking section the sweep's runs carry, or None where they are not tracked."""
+    spec = sweep.runs[0].spec if sweep.runs else None
+    return spec["tracking"] if spec and spec["tracking"].get("mlflow_uri") else None
+
+
+def links(sweep: Sweep) -> dict[str, Any] | None:
+    """Where the sweep lives in MLflow (for the results document), as the store records it."""
+    tracking = tracking_of(sweep)
+    if tracking is None:
+        return None
+    return {
+        "tracking_uri": tracking["mlflow_uri"],
+        "experiment": tracking["experiment"],
+        "experiment_id": sweep.mlflow_experiment_id,
+        "sweep_run_id": sweep.mlflow_run_id,
+        "pair_run_ids": {p.id: p.mlflow_run_id for p in sweep.pairs},
+    }

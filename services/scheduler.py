@@ -11,17 +11,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from croniter import croniter
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
-from services.planner import FieldError, SweepRequest, plan
+from services.errors import InvalidRequest, NotFound
+from services.planner import SweepRequest, plan
 from services.store import Schedule, Sweep, new_id
-from services.sweeps import NotFound, create_sweep
+from services.sweeps import create_sweep
+from trainers.spec import Strict
 
 
-class ScheduleRequest(BaseModel):
-    model_config = {"extra": "forbid"}
+class ScheduleRequest(Strict):
     name: str = Field(min_length=1, max_length=200)
     cron: str = Field(description="five-field cron expression, UTC, e.g. '0 3 * * 1'")
     template: SweepRequest
@@ -38,8 +39,8 @@ def add_schedule(db: sessionmaker, request: ScheduleRequest, profile: str = "cpu
     """Store a schedule whose template plans (a template that cannot is refused now, not at its first tick)."""
     try:
         plan(request.template, profile=profile)
-    except FieldError as e:
-        raise FieldError([(f"template.{field}", msg) for field, msg in e.errors]) from None
+    except InvalidRequest as e:
+        raise InvalidRequest([(f"template.{field}", msg) for field, msg in e.errors]) from None
     with db.begin() as s:
         template = request.template.model_dump(mode="json", exclude_none=True)
         schedule = Schedule(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from alembic import command
@@ -27,6 +28,21 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+class RunStatus(StrEnum):
+    """A run's state; a sweep's status takes the same values, derived from its runs."""
+
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = frozenset({RunStatus.SUBMITTED, RunStatus.RUNNING})  # a job exists for the current attempt
+TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -35,7 +51,7 @@ class Sweep(Base):
     __tablename__ = "sweeps"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sw"))
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED, index=True)
     request: Mapped[dict] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id"))
@@ -70,7 +86,7 @@ class Run(Base):
     arm: Mapped[str] = mapped_column(String(10))
     spec: Mapped[dict] = mapped_column(JSON)
     config_hash: Mapped[str] = mapped_column(String(32), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED, index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     submission_id: Mapped[str | None] = mapped_column(String(80))
     result: Mapped[dict | None] = mapped_column(JSON)
@@ -82,7 +98,7 @@ class Run(Base):
     pair: Mapped[Pair] = relationship(back_populates="runs")
     events: Mapped[list[RunEvent]] = relationship(back_populates="run", order_by="RunEvent.id")
 
-    def set_status(self, status: str, message: str | None = None) -> None:
+    def set_status(self, status: RunStatus, message: str | None = None) -> None:
         """Change status and record it in the run's history (one row per change)."""
         if status != self.status or message:  # (column defaults apply at flush: a new run has attempt None here)
             self.events.append(RunEvent(attempt=self.attempt or 0, status=status, message=message))

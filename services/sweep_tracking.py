@@ -3,7 +3,8 @@ runs log themselves (`tracking.parent_run_id`). A finished pair's run carries th
 parameter count, so MLflow's own charts plot gap against scale; a finished sweep's run carries the results
 document, the gap table and the plot.
 
-Called by the reconciler: `open_runs` before a sweep's first job is submitted, `report` after each tick.
+`open_runs` runs before a sweep's first job is submitted (the reconciler); `report` is the control plane's
+reporter component: it acts only where a pair or a sweep has reached a final state since it last reported.
 """
 
 from __future__ import annotations
@@ -18,20 +19,16 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import or_, select
 from sqlalchemy.orm import sessionmaker
 
-from services.store import Pair, Sweep
+from services.results import gap_plot, sweep_results, tracking_of
+from services.store import Pair, RunStatus, Sweep
 from trainers.tracking import experiment_id
 
-FINAL = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
-
-
-def _tracking(sweep: Sweep) -> dict[str, Any] | None:
-    spec = sweep.runs[0].spec if sweep.runs else None
-    return spec["tracking"] if spec and spec["tracking"].get("mlflow_uri") else None
+FINAL = {RunStatus.SUCCEEDED: "FINISHED", RunStatus.FAILED: "FAILED", RunStatus.CANCELLED: "KILLED"}
 
 
 def open_runs(sweep: Sweep) -> None:
     """Create the sweep's MLflow run and its pairs' runs where missing (idempotent: ids are kept in the store)."""
-    tracking = _tracking(sweep)
+    tracking = tracking_of(sweep)
     if tracking is None:
         return
     client = MlflowClient(tracking["mlflow_uri"])
@@ -65,12 +62,10 @@ def open_runs(sweep: Sweep) -> None:
 
 def report(db: sessionmaker) -> None:
     """Log every newly finished pair's gap and every newly finished sweep's results to their MLflow runs."""
-    from services.results import gap_plot, sweep_results  # (results imports matplotlib; keep this module light)
-
     with db.begin() as s:
         unreported = or_(Sweep.mlflow_reported.is_(None), Sweep.mlflow_reported != Sweep.status)
         for sweep in s.scalars(select(Sweep).where(Sweep.mlflow_run_id.is_not(None), unreported)):
-            tracking = _tracking(sweep)
+            tracking = tracking_of(sweep)
             client = MlflowClient(tracking["mlflow_uri"])
             pending = [p for p in sweep.pairs if p.mlflow_run_id and _pair_state(p) not in (None, p.mlflow_reported)]
             finished = sweep.status in FINAL and sweep.mlflow_reported != sweep.status
@@ -95,7 +90,7 @@ def _pair_state(pair: Pair) -> str | None:
 def _report_pair(client: MlflowClient, pair: Pair, row: dict[str, Any] | None) -> None:
     run_id = pair.mlflow_run_id
     if row is None:  # an arm failed or was cancelled: no gap
-        client.set_terminated(run_id, "FAILED" if any(r.status == "failed" for r in pair.runs) else "KILLED")
+        client.set_terminated(run_id, "FAILED" if any(r.status == RunStatus.FAILED for r in pair.runs) else "KILLED")
         return
     n = row["n_params_nonembedding"]
     for key, value in {
@@ -130,17 +125,3 @@ def _report_sweep(client: MlflowClient, sweep: Sweep, res: dict[str, Any], png: 
         path.write_bytes(png)
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, FINAL[sweep.status])
-
-
-def links(sweep: Sweep) -> dict[str, Any] | None:
-    """Where the sweep lives in MLflow (for the results document)."""
-    tracking = _tracking(sweep)
-    if tracking is None:
-        return None
-    return {
-        "tracking_uri": tracking["mlflow_uri"],
-        "experiment": tracking["experiment"],
-        "experiment_id": sweep.mlflow_experiment_id,
-        "sweep_run_id": sweep.mlflow_run_id,
-        "pair_run_ids": {p.id: p.mlflow_run_id for p in sweep.pairs},
-    }

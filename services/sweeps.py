@@ -6,15 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from services.errors import Conflict, NotFound
 from services.planner import SweepRequest, plan
-from services.store import Pair, Run, Sweep, new_id
+from services.store import TERMINAL, Pair, Run, RunStatus, Sweep, new_id
 from trainers.spec import TrackingSpec
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-class NotFound(LookupError):
-    pass
 
 
 def create_sweep(
@@ -65,7 +60,7 @@ def create_sweep(
                         spec=spec.model_dump(mode="json"),
                         config_hash=spec.config_hash(),
                     )
-                    run.set_status("queued", "planned")
+                    run.set_status(RunStatus.QUEUED, "planned")
                     s.add(run)  # (SQLAlchemy 2 does not cascade through the backref assignment above)
     except IntegrityError:
         if idempotency_key and (existing := _by_key(db, idempotency_key)):  # the same key, concurrently
@@ -118,8 +113,8 @@ def cancel_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
         sweep = _require(s, Sweep, sweep_id)
         for run in sweep.runs:
             if run.status not in TERMINAL:
-                run.set_status("cancelled", "sweep cancelled")
-        sweep.status = "cancelled"
+                run.set_status(RunStatus.CANCELLED, "sweep cancelled")
+        sweep.status = RunStatus.CANCELLED
     return get_sweep(db, sweep_id)
 
 
@@ -128,7 +123,7 @@ def cancel_run(db: sessionmaker, run_id: str) -> Run:
     with db.begin() as s:
         run = _require(s, Run, run_id)
         if run.status not in TERMINAL:
-            run.set_status("cancelled", "run cancelled")
+            run.set_status(RunStatus.CANCELLED, "run cancelled")
     return get_run(db, run_id)
 
 
@@ -136,10 +131,10 @@ def retry_run(db: sessionmaker, run_id: str) -> Run:
     """A failed or cancelled run goes back to the queue as a new attempt (it resumes from its checkpoint)."""
     with db.begin() as s:
         run = _require(s, Run, run_id)
-        if run.status not in ("failed", "cancelled"):
-            raise ValueError(f"run {run_id} is {run.status}; only a failed or cancelled run can be retried")
+        if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+            raise Conflict(f"run {run_id} is {run.status}; only a failed or cancelled run can be retried")
         run.attempt += 1
-        run.set_status("queued", "retry requested")
+        run.set_status(RunStatus.QUEUED, "retry requested")
         if run.sweep.status in TERMINAL:
-            run.sweep.status = "running"
+            run.sweep.status = RunStatus.RUNNING
     return get_run(db, run_id)

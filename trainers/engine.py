@@ -1,27 +1,15 @@
-"""DeepSpeed engines for Pythia models in either attention mode: CPU (gloo) and CUDA (nccl) on one code path."""
+"""DeepSpeed engines for Pythia models in either attention mode: CPU (gloo) and CUDA (nccl) on one code path.
+Import it after `trainers.runtime.configure_deepspeed_env()` (DeepSpeed picks its accelerator on import)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+import deepspeed
 import torch
+from deepspeed.utils import set_z3_leaf_modules
 
-from trainers.paths import data_dir
-
-
-def configure_deepspeed_env() -> None:
-    """Must run before deepspeed is imported: the accelerator is chosen at import time."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    # DeepSpeed JIT-builds a shared-memory comm op on CPU (about a minute): build it once per data dir
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(data_dir() / "torch_extensions"))
-
-
-configure_deepspeed_env()
-import deepspeed  # noqa: E402
-from deepspeed.utils import set_z3_leaf_modules  # noqa: E402
-
-from trainers.myopic import MyopicGPTNeoXAttention  # noqa: E402
+from trainers.myopic import MyopicGPTNeoXAttention
 
 
 def backend() -> str:

@@ -1,4 +1,4 @@
-"""One run as a Ray Train job: `python -m trainers.entry SPEC.json | --spec-b64 B64 [--out RESULT.json]`.
+"""One run as a Ray Train job: `python -m trainers.entry SPEC.json [--out RESULT.json]`.
 
 Connects to the Ray cluster the job runs on (RAY_ADDRESS, or the one already initialised), trains with
 `trainers.loop.train_loop` on `resources.workers` workers, and prints the result JSON as its last line (and to
@@ -8,9 +8,7 @@ Connects to the Ray cluster the job runs on (RAY_ADDRESS, or the one already ini
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -21,10 +19,9 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cluster.jobs import RESULT_MARK
+from trainers.job_protocol import progress_file, result_line, run_storage
 from trainers.loop import train_loop
-from trainers.paths import progress_file, run_storage
-from trainers.spec import RunSpec, SpecError, load_spec, parse_spec
+from trainers.spec import RunSpec, SpecError, load_spec
 
 
 def run_name(spec: RunSpec) -> str:
@@ -39,7 +36,6 @@ def run(
     spec: RunSpec,
     *,
     max_failures: int = 2,
-    fail_at_step: int | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run to the end (resuming from its latest checkpoint if it has one) and return its result."""
@@ -53,7 +49,6 @@ def run(
         train_loop,
         train_loop_config={
             "spec": spec.model_dump_json(),
-            "fail_at_step": fail_at_step,
             "progress_file": str(progress),
         },
         scaling_config=ScalingConfig(
@@ -94,6 +89,7 @@ def run(
         "eval": m["eval"],
         "probes": m.get("probes"),
         "nodes": m.get("nodes"),
+        "resumed_from": m.get("resumed_from", 0),
         "mlflow_run_id": m.get("mlflow_run_id"),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "spec": spec.model_dump(mode="json"),
@@ -114,23 +110,18 @@ def _watch(path: Path, on_progress: Callable[[dict[str, Any]], None] | None, sto
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainers.entry", description=__doc__.split("\n\n")[0])
-    ap.add_argument("spec", nargs="?", help="RunSpec JSON file")
-    ap.add_argument("--spec-b64", help="the RunSpec as base64 JSON (how the control plane submits jobs)")
+    ap.add_argument("spec", help="RunSpec JSON file (a control-plane job: spec.json in its working directory)")
     ap.add_argument("--out", help="also write the result JSON here")
     args = ap.parse_args(argv)
-    if bool(args.spec) == bool(args.spec_b64):
-        ap.error("give a SPEC file or --spec-b64")
     try:
-        spec = load_spec(args.spec) if args.spec else parse_spec(base64.urlsafe_b64decode(args.spec_b64).decode())
-    except (SpecError, ValueError) as e:
+        spec = load_spec(args.spec)
+    except SpecError as e:
         print(e, file=sys.stderr)
         return 2
-    # fault injection for tests of the control plane: this job crashes at that step unless it resumes
-    fail_at = os.environ.get("MYOPIA_FAIL_AT_STEP")
-    result = run(spec, fail_at_step=int(fail_at), max_failures=0) if fail_at else run(spec)
+    result = run(spec)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
-    print(RESULT_MARK + json.dumps(result), flush=True)  # the last line of the job's log: the control plane reads it
+    print(result_line(result), flush=True)  # the last line of the job's log: the control plane reads it
     return 0
 
 

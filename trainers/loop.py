@@ -16,8 +16,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from trainers.runtime import configure_deepspeed_env
 from trainers.spec import RunSpec
-from trainers.tasks import DpTask, make_task
+from trainers.tasks import make_task
 from trainers.tracking import Tracker
 
 CHECKPOINT_TAG = "ckpt"
@@ -64,10 +65,10 @@ def _whole_state_dict(engine: Any, stage: int) -> dict[str, torch.Tensor]:
 
 def train_loop(config: dict[str, Any]) -> None:
     spec = RunSpec.model_validate_json(config["spec"])
-    fail_at_step = config.get("fail_at_step")  # fault injection for tests: crash the worker once, there
     progress_file = Path(config["progress_file"]) if config.get("progress_file") else None
 
-    from trainers import engine as eng  # sets the DeepSpeed accelerator before deepspeed is imported
+    configure_deepspeed_env()  # before deepspeed is imported: it picks its accelerator then
+    from trainers import engine as eng
 
     eng.init_distributed()
     ctx = ray.train.get_context()
@@ -104,11 +105,6 @@ def train_loop(config: dict[str, Any]) -> None:
     log_every = max(1, steps // 200)
     try:
         for step in range(start, steps):
-            if fail_at_step is not None and step == fail_at_step and checkpoint is None:
-                # a hard crash, as a lost worker would be; after a pause, because Ray registers reported
-                # checkpoints asynchronously and the test wants to know which one the run resumes from
-                time.sleep(5)
-                os._exit(17)
             began, losses, tokens = time.perf_counter(), [], 0
             grad_norm = None
             for batch in task.micro_batches(step, rank, world):
@@ -124,7 +120,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 tokens += task.tokens(batch)
             done = step + 1
             if rank == 0 and progress_file:
-                progress_file.write_text(json.dumps({"step": done, "steps": steps, "loss": losses[-1]}))
+                progress = {"step": done, "steps": steps, "loss": losses[-1], "pid": os.getpid()}
+                progress_file.write_text(json.dumps(progress))
             if done % log_every == 0 or done == steps or done == start + 1:
                 grad_norm = engine.get_global_grad_norm() if grad_norm is None else grad_norm
                 metrics = {
@@ -141,9 +138,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
         result = task.evaluate(engine, rank, world)
         probes = None
-        if isinstance(task, DpTask) and spec.eval.probes:
-            weights = _whole_state_dict(engine, spec.resources.zero_stage)
-            probes = task.probes(weights) if rank == 0 else None
+        if task.wants_weights:
+            weights = _whole_state_dict(engine, spec.resources.zero_stage)  # collective under ZeRO-3
+            probes = task.analyse(weights) if rank == 0 else None
         tracker.evaluation(result, steps, probes)
         final = {
             "step": steps,
@@ -151,6 +148,7 @@ def train_loop(config: dict[str, Any]) -> None:
             "probes": probes,
             "mlflow_run_id": tracker.run_id,
             "nodes": len(set(node_ids)),
+            "resumed_from": start,
         }
         tracker.artifact(final, "result.json")
         _report(engine, steps, final)

@@ -6,7 +6,7 @@ of a pair see the same data in the same order at any world size.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,7 +23,23 @@ EVAL_SEED = 999_999  # the held-out D_p set's own seed, never used for training 
 PROBE_SEQUENCES = 2048  # probes fit on half of these (every layer's states of every position: memory grows fast)
 
 
+class Task(Protocol):
+    """What the training loop needs of a kind of data: the model, the batches, the loss and the evaluation."""
+
+    spec: RunSpec
+    wants_weights: bool  # `analyse` needs the whole trained weights (gathered from every rank under ZeRO-3)
+
+    def build_model(self) -> torch.nn.Module: ...
+    def micro_batches(self, step: int, rank: int, world: int) -> list[Any]: ...
+    def loss(self, model: Any, batch: Any) -> torch.Tensor: ...
+    def tokens(self, batch: Any) -> int: ...
+    def evaluate(self, model: Any, rank: int, world: int) -> dict: ...
+    def analyse(self, weights: dict[str, torch.Tensor]) -> list[dict] | None: ...
+
+
 class TextTask:
+    wants_weights = False
+
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
         need = (spec.train.steps * spec.train.global_batch, spec.eval.held_out_sequences)
@@ -63,10 +79,14 @@ class TextTask:
         ]
         return evaluate.text_loss(model, batches, self.spec.train.seq_len)
 
+    def analyse(self, weights: dict[str, torch.Tensor]) -> None:
+        return None
+
 
 class DpTask:
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
+        self.wants_weights = spec.eval.probes
         d: SyntheticData = spec.data  # type: ignore[assignment]
         self.task = SyntheticTask(p=d.p, b=d.b, lags=d.lags, seq_len=spec.train.seq_len)
 
@@ -105,16 +125,16 @@ class DpTask:
         batches = [(inputs[mine[i : i + mb]].to(dtype), target[mine[i : i + mb]]) for i in range(0, len(mine), mb)]
         return evaluate.synthetic_loss(model, batches, self.task.p)
 
-    def probes(self, state_dict: dict[str, torch.Tensor]) -> list[dict]:
+    def analyse(self, weights: dict[str, torch.Tensor]) -> list[dict]:
         """Probe table for trained weights (a whole state dict) next to the untrained control of the same seed."""
         inputs = self.held_out()[0][:PROBE_SEQUENCES]
         torch.manual_seed(self.spec.seed)
         control = self.build_model().eval()
         trained = self.build_model().eval()
-        trained.load_state_dict({k: v.float() for k, v in state_dict.items()})
+        trained.load_state_dict({k: v.float() for k, v in weights.items()})
         trained_r2 = evaluate.probe_r2(trained, inputs, self.task.b)
         return evaluate.probe_table(trained_r2, evaluate.probe_r2(control, inputs, self.task.b))
 
 
-def make_task(spec: RunSpec) -> TextTask | DpTask:
+def make_task(spec: RunSpec) -> Task:
     return DpTask(spec) if spec.data.kind == "synthetic" else TextTask(spec)

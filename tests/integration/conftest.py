@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from api.cli import _free_port
+from api.demo import free_port
 
 
 def _pg_bin() -> Path:
@@ -32,7 +32,7 @@ def postgres_server():
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         shutil.chown(root, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     data = root / "data"
 
     def pg(*cmd: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from api.cli import _free_port
+from api.demo import free_port
 from services.settings import Settings
 from trainers.spec import RunSpec
 
@@ -27,7 +27,7 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
@@ -196,7 +196,7 @@ def test_cancel_and_retry_one_run(server):
     with httpx.Client(base_url=server.url) as c:
         run_id = c.post("/v1/sweeps", json=REQUEST).json()["runs"][0]["id"]
         refused = c.post(f"/v1/runs/{run_id}/retry")
-        assert refused.status_code == 422 and "only a failed or cancelled run" in refused.json()["message"]
+        assert refused.status_code == 409 and "only a failed or cancelled run" in refused.json()["message"]
         assert c.post(f"/v1/runs/{run_id}/cancel").json()["status"] == "cancelled"
         again = c.post(f"/v1/runs/{run_id}/retry").json()
         assert (again["status"], again["attempt"]) == ("queued", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,12 +13,13 @@ import httpx
 import pytest
 import ray
 
-from api.cli import _free_port, _wait_ready
+from api.demo import free_port, wait_ready
 from cluster.jobs import Jobs
 from services.planner import SweepRequest
 from services.reconciler import Reconciler
 from services.store import connect
 from services.sweeps import cancel_sweep, create_sweep, get_sweep
+from trainers.job_protocol import progress_file, run_storage
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +76,7 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
         "MYOPIA_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "MYOPIA_MAX_CONCURRENT_RUNS": "1",
     }
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
 
     def serve() -> subprocess.Popen:
         log = tmp_path / "serve.log"
@@ -85,7 +87,7 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        _wait_ready(url, proc, log)
+        wait_ready(url, proc, log)
         return proc
 
     def sweep() -> dict:
@@ -153,17 +155,30 @@ def test_cancel_stops_the_job(head, tmp_path):
 
 
 def test_a_failed_attempt_is_retried_and_resumes_from_its_checkpoint(head, tmp_path):
+    """The first attempt's job is stopped under it (as a lost node would end it) after a checkpoint: the run is
+    retried as a new job, which resumes from that checkpoint."""
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
-    train = {**SWEEP["run"]["train"], "checkpoint_interval": 4}
+    train = {**SWEEP["run"]["train"], "steps": 400, "checkpoint_interval": 100}
     request = {**SWEEP, "arms": ["myopic"], "run": {**SWEEP["run"], "train": train}}
     sweep, _ = create_sweep(db, SweepRequest.model_validate(request), mlflow_uri=None)
-    env = {"MYOPIA_DATA_DIR": str(head["root"]), "MYOPIA_FAIL_AT_STEP": "6"}  # crashes once: after step 4's checkpoint
-    rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, job_env=env)
+    rec = reconciler(head, db)
+    (run,) = get_sweep(db, sweep.id).runs
+    progress = progress_file(run_storage(None, head["root"]), run.id)
+
+    def past_second_checkpoint() -> bool:
+        rec.tick()
+        try:
+            return json.loads(progress.read_text())["step"] >= 250
+        except (OSError, ValueError, KeyError):
+            return False
+
+    until(past_second_checkpoint, step=0.2)
+    head["jobs"].client.stop_job(f"{run.id}-a0")
     until(lambda: get_sweep(db, sweep.id).status in ("succeeded", "failed"), tick=rec.tick)
     (run,) = get_sweep(db, sweep.id).runs
-    # the injected crash fires only in a run without a checkpoint: success at attempt 1 means it resumed
     assert run.status == "succeeded" and run.attempt == 1, run.error
-    assert head["jobs"].status(f"{run.id}-a0").value == "FAILED"
+    assert head["jobs"].status(f"{run.id}-a0").value == "STOPPED"
     assert [e.status for e in run.events][:3] == ["queued", "submitted", "running"]
     assert any(e.status == "queued" and e.message.startswith("retry") for e in run.events)
-    assert run.result["steps"] == 12 and run.result["name"] == run.id
+    assert run.result["steps"] == 400 and run.result["name"] == run.id
+    assert run.result["resumed_from"] in (100, 200)  # not from scratch

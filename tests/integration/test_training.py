@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -14,6 +18,7 @@ from services.planner import preset_run
 from services.presets import DP_MODEL
 from trainers import corpora
 from trainers.entry import run
+from trainers.job_protocol import progress_file, run_storage
 from trainers.spec import TrackingSpec
 
 pytestmark = pytest.mark.slow
@@ -70,11 +75,34 @@ def test_text_pair_zero2_two_workers(env):
     assert len({r.data.tags["myopia.pair_hash"] for r in runs}) == 1
 
 
+def kill_worker_at(spec, step: int) -> threading.Thread:
+    """A real crash: SIGKILL the rank-0 worker (its pid in the run's progress file) once it has passed `step`."""
+    progress = progress_file(run_storage(spec.storage_path), spec.name)
+    progress.unlink(missing_ok=True)
+
+    def watch() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                state = json.loads(progress.read_text())
+            except (OSError, ValueError):
+                state = {}
+            if state.get("step", 0) >= step:
+                os.kill(state["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
 def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(env):
     base = preset_run(
         "synthetic-cpu",
         run={
-            "train": {"steps": 24, "checkpoint_interval": 8, "micro_batch": 32},
+            "model": {"overrides": {**DP_MODEL, "hidden_size": 32}},
+            "train": {"steps": 120, "checkpoint_interval": 40, "micro_batch": 32},
             "resources": {"workers": 2, "zero_stage": 2, "cpus_per_worker": 1},
             "eval": {"held_out_sequences": 128, "probes": False},
         },
@@ -82,17 +110,20 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_ends(env):
     base = base.model_copy(update={"tracking": TrackingSpec(**tracked(env, "resume"))})
     clean = run(base.model_copy(update={"name": "uninterrupted"}))
     crashing = base.model_copy(update={"name": "crashed"})
+    killer = kill_worker_at(crashing, 95)  # after the step-80 checkpoint
     with pytest.raises(RuntimeError, match="crashed failed"):
-        run(crashing, max_failures=0, fail_at_step=13)  # a worker dies after the step-8 checkpoint
-    resumed = run(crashing)  # a new job for the same run: resumes from step 8
+        run(crashing, max_failures=0)
+    killer.join()
+    resumed = run(crashing)  # a new job for the same run: resumes from its latest registered checkpoint
+    start = resumed["resumed_from"]
+    assert start in (40, 80), start
     assert resumed["eval"]["huber"] == pytest.approx(clean["eval"]["huber"], rel=1e-6, abs=1e-7)
     assert resumed["eval"]["per_position"] == pytest.approx(clean["eval"]["per_position"], rel=1e-5, abs=1e-7)
 
     client = mlflow.MlflowClient(env["mlflow"])
-    history = client.get_metric_history(resumed["mlflow_run_id"], "train/loss")
-    steps = sorted(m.step for m in history)
-    # steps 1-8 ran once, 9-13 twice (before the crash and after resuming from step 8), in one MLflow run
-    assert steps.count(1) == steps.count(8) == 1 and steps.count(9) == steps.count(13) == 2 and steps.count(14) == 1
+    steps = sorted(m.step for m in client.get_metric_history(resumed["mlflow_run_id"], "train/loss"))
+    # steps up to the checkpoint ran once, those after it twice (before the crash and after resuming), in one run
+    assert steps.count(1) == 1 and steps.count(start + 1) == 2 and steps.count(120) == 1
     assert client.get_run(resumed["mlflow_run_id"]).info.status == "FINISHED"
 
 

@@ -9,9 +9,12 @@ import torch
 import torch.distributed as dist
 
 from tests.oracle import lm_loss, tiny_config
-from trainers import engine as eng
-from trainers.models import build_model
-from trainers.myopic import set_attention
+from trainers.runtime import configure_deepspeed_env
+
+configure_deepspeed_env()  # this script is an entry point: before deepspeed is imported
+from trainers import engine as eng  # noqa: E402
+from trainers.models import build_model  # noqa: E402
+from trainers.myopic import set_attention  # noqa: E402
 
 MODES = [("vanilla", "hidden"), ("myopic", "hidden"), ("myopic", "kv")]
 STEPS, GLOBAL_BATCH, T = 3, 4, 16

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from cluster.resources import placement
-from services.planner import FieldError, SweepRequest, plan, preset_run
+from services.errors import InvalidRequest
+from services.planner import SweepRequest, plan, preset_run
 from services.presets import PRESETS
 from trainers.spec import check_matched
 
@@ -21,7 +22,7 @@ def errors_of(body: dict, profile: str = "cpu") -> list[str]:
         plan(SweepRequest.model_validate({"name": "x", "sizes": ["14m"], "seeds": [0], **body}), profile=profile)
     except ValidationError as e:
         return [".".join(str(p) for p in err["loc"]) for err in e.errors()]
-    except FieldError as e:
+    except InvalidRequest as e:
         return [field for field, _ in e.errors]
     return []
 
