@@ -5,26 +5,28 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 
 from api import errors
-from api.deps import authorized
+from api.guard import RequestGuard
 from api.routes import health, runs, schedules, sweeps
 from api.schemas import ErrorOut
 from cluster.jobs import Jobs
+from cluster.local import EmbeddedHead
 from services.background import control_plane
 from services.settings import Settings
 from services.store import connect
 
 
-def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> FastAPI:
-    """The app; with `jobs` it also runs the reconciler and reports results to MLflow; schedules always fire."""
+def create_app(settings: Settings | None = None, jobs: Jobs | None = None, head: EmbeddedHead | None = None) -> FastAPI:
+    """The app; with `jobs` it also runs the reconciler and reports results to MLflow; schedules always fire; with
+    an embedded `head` it supervises it (restarted when it dies)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.db = connect(settings.database)  # migrates: a restarted control plane finds its sweeps
-        background = control_plane(app.state.db, settings, jobs)
+        background = control_plane(app.state.db, settings, jobs, head)
         background.start()
         yield
         background.stop()
@@ -37,7 +39,8 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None) -> Fa
     )
     app.state.settings, app.state.jobs = settings, jobs
     errors.install(app)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)], responses={401: {"model": ErrorOut}})
+    app.add_middleware(RequestGuard, token=settings.api_token, max_body=settings.max_request_bytes)
+    v1 = APIRouter(prefix="/v1", responses={401: {"model": ErrorOut}, 413: {"model": ErrorOut}})
     for module in (sweeps, runs, schedules):
         v1.include_router(module.router)
     app.include_router(v1)

@@ -94,23 +94,43 @@ def train(spec_file, preset_name, size, seed, arm, steps, mlflow_uri, out) -> No
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 def serve(host: str, port: int) -> None:
-    """The control plane: REST API, reconciler, and (unless RAY_ADDRESS is set) a local loopback Ray head."""
+    """The control plane: REST API, reconciler, and (unless RAY_ADDRESS is set) a supervised loopback Ray head."""
+    import hashlib
+    import ipaddress
+
     import uvicorn
 
     from api.app import create_app
     from cluster.jobs import Jobs
-    from cluster.local import ensure_ray
+    from cluster.local import EmbeddedHead
     from services.settings import Settings
 
     settings = Settings()
-    if settings.ray_address:  # a cluster: this checkout travels with each job, its image supplies the packages
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not settings.api_token:
+        raise click.ClickException(
+            f"refusing to serve on {host} without a token: anyone who reaches it could run code on the cluster. "
+            "Set MYOPIA_API_TOKEN (e.g. `export MYOPIA_API_TOKEN=$(python -c 'import secrets; "
+            "print(secrets.token_hex(32))')`) and give it to clients, or bind 127.0.0.1."
+        )
+    head = None
+    if settings.ray_address:  # a cluster: the trainers package travels with each job, its image has the rest
         jobs = Jobs(settings.ray_address, remote=True, python=settings.job_python)
     else:
-        jobs = Jobs(ensure_ray(jobs=True))
-    console.print(
-        f"Ray jobs at {settings.ray_address or 'a local head'}; database {settings.database}; MLflow {settings.mlflow}"
-    )
-    uvicorn.run(create_app(settings, jobs), host=host, port=port, log_level="info")
+        # one head per store: another control plane (the demo's, say) never adopts this one's
+        store = hashlib.sha256(settings.database.encode()).hexdigest()[:12]
+        head = EmbeddedHead.open(settings.data_dir.expanduser() / f"ray-head-{store}.json")
+        jobs = Jobs(lambda: head.jobs_address, token=head.token, log_dir=lambda: head.log_dir)
+    where = settings.ray_address or f"an embedded head ({head.jobs_address}, token auth, pid {head.pid})"
+    console.print(f"Ray jobs at {where}; database {settings.database}; MLflow {settings.mlflow}")
+    try:
+        uvicorn.run(create_app(settings, jobs, head), host=host, port=port, log_level="info")
+    finally:
+        if head is not None:
+            head.stop()
 
 
 @main.command()

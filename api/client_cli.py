@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,16 @@ def fit_lines(res: dict[str, Any]) -> list[str]:
                 f"{f['slope_ci95'][1]:+.4f}], R² {f['r_squared']:.3f}"
             )
     return lines
+
+
+def pages(path: str) -> Iterator[dict[str, Any]]:
+    """Every item of a paged list, following next_cursor."""
+    cursor = None
+    while True:
+        page = _call("GET", path, params={"limit": 200, **({"cursor": cursor} if cursor else {})}).json()
+        yield from page["items"]
+        if not (cursor := page["next_cursor"]):
+            return
 
 
 @click.group()
@@ -200,9 +211,10 @@ def follow(api: Api, *sweep_ids: str, every: float = 3.0) -> dict[str, Any]:
 
 @sweep.command("list")
 def sweep_list() -> None:
-    table = Table("sweep", "name", "status", "runs", "created")
-    for s in _call("GET", "/v1/sweeps").json():
-        table.add_row(s["id"], s["name"], s["status"], str(len(s["runs"])), s["created_at"][:19])
+    table = Table("sweep", "name", "status", "runs", "created (UTC)")
+    for s in pages("/v1/sweeps"):
+        runs = ", ".join(f"{n} {status}" for status, n in sorted(s["runs_by_status"].items()))
+        table.add_row(s["id"], s["name"], s["status"], runs, s["created_at"][:19])
     console.print(table)
 
 
@@ -293,7 +305,7 @@ def schedule_add(name: str, cron: str, template_file: str) -> None:
 @schedule.command("list")
 def schedule_list() -> None:
     table = Table("schedule", "name", "cron", "last fired", "last sweep")
-    for s in _call("GET", "/v1/schedules").json():
+    for s in pages("/v1/schedules"):
         table.add_row(s["id"], s["name"], s["cron"], (s["last_fired_at"] or "-")[:19], s["last_sweep_id"] or "-")
     console.print(table)
 

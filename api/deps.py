@@ -1,19 +1,15 @@
-"""What route handlers get through `Depends`: the settings, the database, the Ray job server, the caller's auth."""
+"""What route handlers get through `Depends`: the settings, the database, the Ray job server. (The bearer token is
+checked before a request's body is read: api/guard.py.)"""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 from sqlalchemy.orm import sessionmaker
 
 from cluster.jobs import Jobs
 from services.settings import Settings
-
-
-class Unauthorized(Exception):
-    """No or a wrong bearer token where the API requires one."""
 
 
 def get_settings(request: Request) -> Settings:
@@ -26,17 +22,6 @@ def get_db(request: Request) -> sessionmaker:
 
 def get_jobs(request: Request) -> Jobs | None:
     return request.app.state.jobs
-
-
-def authorized(
-    settings: Annotated[Settings, Depends(get_settings)], authorization: Annotated[str | None, Header()] = None
-) -> None:
-    """Bearer-token auth when `MYOPIA_API_TOKEN` is set."""
-    if settings.api_token is None:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), settings.api_token.encode()):
-        raise Unauthorized
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

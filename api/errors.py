@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DatabaseError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.deps import Unauthorized
 from services.errors import Conflict, InvalidRequest, NotFound
+from services.store import StoreUnavailable
 from trainers.spec import error_path
 
 
@@ -29,6 +31,14 @@ def install(app: FastAPI) -> None:
             [(error_path({**err, "loc": [p for p in err["loc"] if p != "body"]}), err["msg"]) for err in e.errors()]
         )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        # the framework's own refusals (a body that is not JSON, an unknown path or method) in the same shape
+        kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        response = error(e.status_code, kinds.get(e.status_code, "http_error"), str(e.detail))
+        response.headers.update(e.headers or {})
+        return response
+
     @app.exception_handler(InvalidRequest)
     async def _invalid(_: Request, e: InvalidRequest) -> JSONResponse:
         return invalid(e.errors)
@@ -41,8 +51,11 @@ def install(app: FastAPI) -> None:
     async def _conflict(_: Request, e: Conflict) -> JSONResponse:
         return error(409, "conflict", str(e))
 
-    @app.exception_handler(Unauthorized)
-    async def _unauthorized(_: Request, __: Unauthorized) -> JSONResponse:
-        response = error(401, "unauthorized", "a bearer token is required: Authorization: Bearer <token>")
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(_: Request, e: StoreUnavailable) -> JSONResponse:
+        return error(503, "unavailable", f"database: {e}")
+
+    @app.exception_handler(DatabaseError)
+    async def _store_failing(_: Request, e: DatabaseError) -> JSONResponse:
+        # a read-only, locked or corrupted database: the service cannot take the request now (nothing stored)
+        return error(503, "unavailable", f"database: {str(e.orig)[:300]}")

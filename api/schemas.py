@@ -1,18 +1,26 @@
-"""Response models of the REST API (requests are `services.planner.SweepRequest`)."""
+"""Response models of the REST API (requests are `services.planner.SweepRequest` and
+`services.scheduler.ScheduleRequest`). Times are UTC with their offset; lists come a page at a time."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)  # SQLite returns naive datetimes
+
+
+UTCTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class RunEventOut(BaseModel):
     attempt: int
     status: str
     message: str | None
-    at: datetime
+    at: UTCTime
 
 
 class RunOut(BaseModel):
@@ -24,6 +32,8 @@ class RunOut(BaseModel):
     seed: int
     status: str
     attempt: int
+    failures: int
+    retry_after: UTCTime | None = None  # a queued retry waits until then
     config_hash: str
     error: str | None = None
     result: dict[str, Any] | None = None
@@ -43,6 +53,8 @@ class RunOut(BaseModel):
             seed=spec["seed"],
             status=run.status,
             attempt=run.attempt,
+            failures=run.failures or 0,
+            retry_after=run.not_before,
             config_hash=run.config_hash,
             error=run.error,
             result=run.result,
@@ -55,7 +67,7 @@ class SweepOut(BaseModel):
     id: str
     name: str
     status: str
-    created_at: datetime
+    created_at: UTCTime
     request: dict[str, Any]
     runs: list[RunOut]
 
@@ -71,6 +83,24 @@ class SweepOut(BaseModel):
         )
 
 
+class SweepSummary(BaseModel):
+    id: str
+    name: str
+    status: str
+    created_at: UTCTime
+    runs_by_status: dict[str, int]
+
+
+class SweepPage(BaseModel):
+    items: list[SweepSummary]
+    next_cursor: str | None
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    next_cursor: str | None
+
+
 class ErrorOut(BaseModel):
     error: str
     message: str
@@ -81,5 +111,11 @@ class ScheduleOut(BaseModel):
     name: str
     cron: str
     template: dict[str, Any]
-    last_fired_at: datetime | None
+    created_at: UTCTime
+    last_fired_at: UTCTime | None
     last_sweep_id: str | None
+
+
+class SchedulePage(BaseModel):
+    items: list[ScheduleOut]
+    next_cursor: str | None

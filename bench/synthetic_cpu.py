@@ -65,9 +65,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = args.preset + ("-sequential" if args.sequential else "")
-    ensure_ray()
-    results: dict[str, list[dict]] = {label: [] for label in args.arms}
-    spec = None
+    planned = []  # every run planned before any trains
     for seed in args.seeds:
         for label in args.arms:
             mode, variant = ARMS[label]
@@ -78,11 +76,24 @@ def main() -> None:
             if args.sequential:
                 overrides = {**spec.model.overrides, "use_parallel_residual": False}
                 spec = spec.model_copy(update={"model": spec.model.model_copy(update={"overrides": overrides})})
-            spec = spec.model_copy(update={"name": f"bench-{tag}-{label}-s{seed}-{spec.config_hash()}"})
+            planned.append((label, seed, spec.model_copy(update={"name": f"bench-{tag}-{label}-s{seed}"})))
+    # finished runs are kept as they finish: a rerun picks up where an interrupted one stopped
+    done_file = out / f"{tag}.runs.jsonl"
+    done = (
+        {json.loads(line)["name"]: json.loads(line) for line in done_file.read_text().splitlines()}
+        if done_file.exists()
+        else {}
+    )
+    ensure_ray()
+    results: dict[str, list[dict]] = {label: [] for label in args.arms}
+    for label, seed, spec in planned:
+        if spec.name not in done or done[spec.name]["config_hash"] != spec.config_hash():
             began = time.perf_counter()
-            results[label].append({**run(spec), "wall_s": time.perf_counter() - began})
-            r = results[label][-1]
-            print(f"{label} seed {seed}: Huber/p {r['eval']['huber_over_p']:.3f} ({r['wall_s']:.0f} s)", flush=True)
+            done[spec.name] = {**run(spec), "wall_s": time.perf_counter() - began}
+            with done_file.open("a") as f:
+                f.write(json.dumps(done[spec.name]) + "\n")
+        r = results[label].append(done[spec.name]) or done[spec.name]
+        print(f"{label} seed {seed}: Huber/p {r['eval']['huber_over_p']:.3f} ({r['wall_s']:.0f} s)", flush=True)
     zero = predict_zero(spec)
     lags = spec.data.lags
     (out / f"{tag}.json").write_text(json.dumps({"predict_zero": zero.tolist(), "runs": results}, indent=1))

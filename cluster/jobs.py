@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from trainers.job_protocol import SPEC_FILE, parse_result
+from trainers.job_protocol import SPEC_FILE
 
 ACTIVE = {JobStatus.PENDING, JobStatus.RUNNING}
 TRAINERS = Path(__file__).resolve().parents[1] / "trainers"
@@ -28,12 +29,51 @@ def submission_id(run_id: str, attempt: int) -> str:
 
 
 class Jobs:
-    def __init__(self, address: str, *, remote: bool = False, python: str | None = None) -> None:
-        """`remote`: a cluster that does not share this machine's checkout (the code is shipped); `python`: the
-        jobs' interpreter (default: `python` on a remote cluster, this very one on the embedded head)."""
-        self.client = JobSubmissionClient(address)
+    def __init__(
+        self,
+        address: str | Callable[[], str],
+        *,
+        token: str | None = None,
+        remote: bool = False,
+        python: str | None = None,
+        log_dir: Callable[[], Path | None] | None = None,
+    ) -> None:
+        """`address`: the job server's, or a function giving it (an embedded head moves when it restarts);
+        `token`: Ray's auth token where the cluster requires one (else Ray's own RAY_AUTH_TOKEN settings apply);
+        `remote`: a cluster that does not share this machine's checkout (the code is shipped); `python`: the
+        jobs' interpreter (default: `python` on a remote cluster, this very one on the embedded head); `log_dir`:
+        where the head keeps its job-driver logs, when it is on this machine (logs are then read in slices)."""
+        self._address = address if callable(address) else (lambda: address)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._client: JobSubmissionClient | None = None
+        self._client_address: str | None = None
         self.remote = remote
         self.python = python or ("python" if remote else sys.executable)
+        self._log_dir = log_dir or (lambda: None)
+
+    @property
+    def client(self) -> JobSubmissionClient:
+        address = self._address()
+        if self._client is None or address != self._client_address:
+            self._client = JobSubmissionClient(address, headers=self._headers)
+            self._client_address = address
+        return self._client
+
+    def unreachable(self) -> str | None:
+        """None when the job server answers, else why not (one line)."""
+        try:
+            self.client.get_version()
+            return None
+        except Exception as e:  # noqa: BLE001 - any failure to answer is the answer
+            self._client = None
+            return f"the Ray job server at {self._address()} does not answer: {type(e).__name__}: {str(e)[:300]}"
+
+    def message(self, sid: str) -> str | None:
+        """Ray's own account of how the job ended."""
+        try:
+            return self.client.get_job_info(sid).message
+        except RuntimeError:
+            return None
 
     def status(self, sid: str) -> JobStatus | None:
         try:
@@ -55,9 +95,6 @@ class Jobs:
                 runtime_env=runtime_env,
             )
 
-    def result(self, sid: str) -> dict[str, Any] | None:
-        return parse_result(self.logs(sid))
-
     def stop(self, sid: str) -> None:
         if self.status(sid) in ACTIVE:
             self.client.stop_job(sid)
@@ -67,6 +104,21 @@ class Jobs:
             return self.client.get_job_logs(sid)
         except RuntimeError:
             return ""
+
+    def log_file(self, sid: str) -> Path | None:
+        """The job driver's log file, where the head runs on this machine."""
+        log_dir = self._log_dir()
+        path = log_dir / f"job-driver-{sid}.log" if log_dir else None
+        return path if path and path.exists() else None
+
+    def tail(self, sid: str, n_bytes: int) -> str:
+        """The last n bytes of the job's log (read from the file where it is local, else from the job server)."""
+        path = self.log_file(sid)
+        if path is None:
+            return self.logs(sid)[-n_bytes:]
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - n_bytes))
+            return f.read().decode(errors="replace")
 
     def submission_ids(self) -> list[str]:
         return [j.submission_id for j in self.client.list_jobs() if j.submission_id]

@@ -1,18 +1,36 @@
-"""The embedded Ray head: a local, loopback-only cluster for one machine, when RAY_ADDRESS names none."""
+"""The embedded Ray head: a local, loopback-only cluster for one machine, when RAY_ADDRESS names none.
+
+`EmbeddedHead` runs `ray start --head --block` as a child process with its own temp dir, a free port for every
+component (so another Ray on the host, or a previous head still shutting down, never collides with it) and token
+auth (a local user cannot submit jobs to it without the token). The control plane talks to it over HTTP only, so
+the head can die and be restarted while the API stays up. `ensure_ray` connects this process to a cluster as a
+Ray driver, for one-off runs (`myopia train`, the benches, the tests).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 LOOPBACK_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # Ray reads this once, when first imported: without it a local head binds the host's interface address
     # even when told 127.0.0.1.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",  # a loopback-only head; real clusters set their own auth
 }
+PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+              "--metrics-export-port", "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port",
+              "--ray-client-server-port")  # fmt: skip
 
 
 def configure_loopback() -> None:
@@ -25,25 +43,170 @@ def configure_loopback() -> None:
         os.environ.setdefault(key, value)
 
 
-def ensure_ray(num_cpus: int | None = None, *, jobs: bool = False) -> str | None:
-    """Connect to RAY_ADDRESS if set, else start a local head on loopback (stopped when the process exits).
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    With `jobs`, the local head also runs the dashboard's job server (on 127.0.0.1); returns its address.
+
+class HeadError(RuntimeError):
+    """The embedded head did not start or is not answering."""
+
+
+class EmbeddedHead:
+    """A single-node Ray cluster on 127.0.0.1, supervised by whoever holds this object.
+
+    With a `state_file`, the head outlives a control plane that is killed: the next one adopts it (its jobs go on)
+    instead of starting another beside it. The file holds the token: it is written readable by its owner only.
     """
-    global _jobs_address
+
+    def __init__(self, num_cpus: int | None = None, token: str | None = None, state_file: Path | None = None) -> None:
+        self.num_cpus = num_cpus or os.cpu_count() or 1
+        self.token = token or secrets.token_hex(16)
+        self.state_file = state_file
+        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.temp_dir: Path | None = None
+        self.ports: dict[str, int] = {}
+        self.restarts = 0
+
+    @classmethod
+    def open(cls, state_file: Path, num_cpus: int | None = None) -> EmbeddedHead:
+        """The head a previous control plane left running (if it still answers), else a new one."""
+        head = cls(num_cpus, state_file=state_file)
+        try:
+            state = json.loads(state_file.read_text())
+            head.token, head.pid, head.ports = state["token"], state["pid"], state["ports"]
+            head.temp_dir = Path(state["temp_dir"])
+        except (OSError, ValueError, KeyError):
+            return head.start()
+        if head.answers():
+            return head
+        head.stop()  # what is left of it
+        return head.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client of this head needs in its environment (token auth)."""
+        return {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.ports['--port']}"
+
+    @property
+    def jobs_address(self) -> str:
+        return f"http://127.0.0.1:{self.ports['--dashboard-port']}"
+
+    @property
+    def log_dir(self) -> Path | None:
+        """Where the head writes its job-driver logs."""
+        return self.temp_dir / "session_latest" / "logs" if self.temp_dir else None
+
+    def start(self, timeout: float = 120) -> EmbeddedHead:
+        # a short path: Ray's unix sockets live under it and their names must stay under ~107 bytes
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="myopia-ray-", dir="/tmp"))
+        self.ports = {flag: free_port() for flag in PORT_FLAGS}
+        worker_port = free_port()  # a range of its own would collide less; one free port is enough for a start
+        ray = str(Path(sys.executable).with_name("ray"))
+        cmd = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+               "--include-dashboard", "true", "--num-cpus", str(self.num_cpus), "--temp-dir", str(self.temp_dir),
+               "--disable-usage-stats", "--min-worker-port", str(worker_port), "--max-worker-port",
+               str(worker_port + 200)]  # fmt: skip
+        for flag, port in self.ports.items():
+            cmd += [flag, str(port)]
+        log = (self.temp_dir / "head.log").open("w")
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.temp_dir / "head.log").read_text()[-3000:]
+                self.stop()
+                raise HeadError(f"the embedded Ray head did not start:\n{tail}")
+            time.sleep(0.5)
+        if self.state_file is not None:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            state = {"pid": self.pid, "temp_dir": str(self.temp_dir), "ports": self.ports, "token": self.token}
+            fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(state, f)
+        return self
+
+    def answers(self) -> bool:
+        """Its process is alive and its job server answers."""
+        import httpx
+
+        if not self._alive():
+            return False
+        try:
+            headers = {"Authorization": f"Bearer {self.token}"}
+            return httpx.get(f"{self.jobs_address}/api/version", headers=headers, timeout=3).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.pid is None:  # adopted: not our child, ask the system
+            return False
+        import psutil
+
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def restart(self) -> None:
+        self.stop()
+        self.restarts += 1
+        self.start()
+
+    def stop(self) -> None:
+        """SIGTERM: `ray start --block` stops what it started; the process group is killed if it lingers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.temp_dir is not None:
+            _kill_processes_under(self.temp_dir)  # Ray's daemons start sessions of their own: find them by dir
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if self.state_file is not None:
+            self.state_file.unlink(missing_ok=True)
+        self.proc, self.pid = None, None
+
+
+def _kill_processes_under(temp_dir: Path) -> None:
+    import psutil
+
+    mark = str(temp_dir)
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(mark in part for part in p.info["cmdline"] or ()):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect this process as a Ray driver: to RAY_ADDRESS if set, else to a new local head on loopback (stopped
+    when the process exits)."""
     configure_loopback()
     import ray
 
     if ray.is_initialized():
-        return _jobs_address if jobs else None
+        return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
-        return os.environ["RAY_ADDRESS"]
-    context = ray.init(
+        return
+    ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count(),
-        include_dashboard=jobs,
-        dashboard_host="127.0.0.1",
+        include_dashboard=False,
         _node_ip_address="127.0.0.1",
         log_to_driver=False,
         logging_level=logging.WARNING,
@@ -52,8 +215,3 @@ def ensure_ray(num_cpus: int | None = None, *, jobs: bool = False) -> str | None
     if outside:
         ray.shutdown()
         raise RuntimeError(f"the local Ray head bound {outside}, not loopback: call configure_loopback() first")
-    _jobs_address = f"http://{context.dashboard_url}" if jobs else None
-    return _jobs_address
-
-
-_jobs_address: str | None = None  # the job server of the head this process started

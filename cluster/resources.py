@@ -15,6 +15,7 @@ RESOURCES = Path(__file__).with_name("resources.yaml")
 class Placement:
     resources: dict[str, Any]  # a RunSpec `resources` section
     max_micro_batch: int  # sequences per worker per forward that fit
+    max_params: int | None = None  # the largest model (all parameters) a run of this profile may plan
 
     def micro_batch(self, global_batch: int, workers: int) -> int:
         """The largest divisor of the per-worker batch that fits: the rest is gradient accumulation."""
@@ -33,4 +34,5 @@ def placement(size: str, profile: str = "cpu", path: Path = RESOURCES) -> Placem
     entry = dict(table[profile].get(size, table[profile].get("default")) or {})
     if not entry:
         raise ValueError(f"{path}: profile {profile!r} has no entry for {size} and no default")
-    return Placement(entry, int(entry.pop("max_micro_batch", 2**31 - 1)))
+    most = entry.pop("max_params", None)
+    return Placement(entry, int(entry.pop("max_micro_batch", 2**31 - 1)), None if most is None else int(most))

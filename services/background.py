@@ -4,6 +4,7 @@ never overlaps itself; one that fails is logged by APScheduler and runs again at
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,9 +13,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import sessionmaker
 
 from cluster.jobs import Jobs
+from cluster.local import EmbeddedHead
 from services import scheduler, sweep_tracking
 from services.reconciler import Reconciler
 from services.settings import Settings
+
+log = logging.getLogger("myopia.background")
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,19 @@ class Background:
         self._scheduler.shutdown(wait=True)
 
 
-def control_plane(db: sessionmaker, settings: Settings, jobs: Jobs | None) -> Background:
-    """What `myopia serve` runs beside the API: schedules always; with a Ray job server, the runs and reporting."""
+def control_plane(
+    db: sessionmaker, settings: Settings, jobs: Jobs | None, head: EmbeddedHead | None = None
+) -> Background:
+    """What `myopia serve` runs beside the API: schedules always; with a Ray job server, the runs and reporting;
+    with an embedded head, its supervisor."""
+    roots = settings.data_roots
     components = [
         Component(
-            "scheduler", 30.0, lambda: scheduler.tick(db, mlflow_uri=settings.mlflow, profile=settings.resource_profile)
+            "scheduler",
+            30.0,
+            lambda: scheduler.tick(
+                db, mlflow_uri=settings.mlflow, profile=settings.resource_profile, allowed_roots=roots
+            ),
         ),
     ]
     if jobs is not None:
@@ -62,10 +74,22 @@ def control_plane(db: sessionmaker, settings: Settings, jobs: Jobs | None) -> Ba
             data_dir,
             max_concurrent=settings.max_concurrent_runs,
             max_attempts=settings.max_attempts,
+            backoff_s=settings.retry_backoff_s,
             job_env={"MYOPIA_DATA_DIR": str(data_dir)},
         )
         components += [
             Component("reconciler", 2.0, reconciler.tick),
             Component("mlflow-reporter", 5.0, lambda: sweep_tracking.report(db)),
         ]
+    if head is not None:
+        components.append(Component("ray-head", 5.0, lambda: supervise(head)))
     return Background(components)
+
+
+def supervise(head: EmbeddedHead) -> None:
+    """Restart the embedded head when it stops answering (its jobs are lost: the reconciler resubmits them)."""
+    if head.answers():
+        return
+    log.error("the embedded Ray head does not answer: restarting it (restart %d)", head.restarts + 1)
+    head.restart()
+    log.warning("the embedded Ray head is back at %s", head.jobs_address)

@@ -12,7 +12,9 @@ request (`run.train.steps`).
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_origin
 
 from pydantic import (
@@ -25,10 +27,11 @@ from pydantic import (
     model_validator,
 )
 
-from cluster.resources import placement
+from cluster.resources import Placement, placement
 from services.errors import InvalidRequest
 from services.presets import PRESETS, merge
-from trainers.models import PYTHIA_SIZES, SizeName
+from trainers.corpora import CORPORA
+from trainers.models import PYTHIA_SIZES, SizeName, count_params
 from trainers.myopic import AttentionMode
 from trainers.spec import RunSpec, Strict, check_matched, error_path
 
@@ -59,19 +62,17 @@ def _template_of(model: type[BaseModel], prefix: str = "") -> type[BaseModel]:
         if path in SET_ELSEWHERE:
             fields[name] = (Annotated[Any, AfterValidator(_refuse(SET_ELSEWHERE[path]))], None)
             continue
-        annotation = _template_type(info.annotation, f"{path}.")
         partial = copy.copy(info)
         partial.default, partial.default_factory = None, None
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            annotation = _template_of(info.annotation, f"{path}.")
+        elif get_origin(info.annotation) is Union:  # the data section: one of its kinds, whole
+            annotation = Annotated[info.annotation, Field(discriminator=info.discriminator)]  # on the union, not None
+            partial = Field(None, description=info.description)
+        else:
+            annotation = info.annotation
         fields[name] = (annotation | None, partial)
     return create_model(f"{model.__name__.removesuffix('Spec')}Template", __base__=Strict, **fields)
-
-
-def _template_type(annotation: Any, prefix: str) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return _template_of(annotation, prefix)
-    if get_origin(annotation) is Union:
-        return annotation  # the data section: one of its kinds, whole (defaults fill what it leaves out)
-    return annotation
 
 
 RunTemplate = _template_of(RunSpec)
@@ -146,8 +147,10 @@ def size_spec(request: SweepRequest, size: str, seed: int, profile: str) -> dict
     return doc
 
 
-def plan(request: SweepRequest, *, profile: str = "cpu") -> list[PlannedPair]:
-    """One pair per (size, seed), in request order. Runs are unnamed and untracked: the service names them."""
+def plan(request: SweepRequest, *, profile: str = "cpu", allowed_roots: list[Path] | None = None) -> list[PlannedPair]:
+    """One pair per (size, seed), in request order. Runs are unnamed and untracked: the service names them.
+    With `allowed_roots`, every local path the runs would read (a corpus, a dataset, a checkpoint) must lie under
+    one of them; the planned model must fit the profile's `max_params`."""
     pairs = []
     for size in request.sizes:
         for seed in request.seeds:
@@ -156,6 +159,9 @@ def plan(request: SweepRequest, *, profile: str = "cpu") -> list[PlannedPair]:
             except ValidationError as e:
                 errors = [(error_path(err, ("run",)), f"{err['msg']} (at size {size})") for err in e.errors()]
                 raise InvalidRequest(errors) from None
+            errors = _paths_outside(base, allowed_roots) + _too_big(base, placement(size, profile), profile)
+            if errors:
+                raise InvalidRequest(errors)
             vanilla, myopic = base.arm("vanilla"), base.arm("myopic")
             check_matched(vanilla, myopic)
             both = {"vanilla": vanilla, "myopic": myopic}
@@ -167,6 +173,42 @@ def profile_of(request_body: dict[str, Any], default: str) -> str:
     """The profile a preset is meant for (pythia-paper: gpu), else `default`."""
     preset = PRESETS.get(str(request_body.get("preset")))
     return (preset.profile if preset else None) or default
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _paths_outside(spec: RunSpec, roots: list[Path] | None) -> list[tuple[str, str]]:
+    """The local paths a run would read that lie outside the allowed roots (a request is data, never a path to
+    whatever the service can read)."""
+    if roots is None:
+        return []
+    wanted: list[tuple[str, str]] = []
+    if spec.data.kind == "text" and spec.data.corpus not in CORPORA:
+        wanted.append(("run.data.corpus", spec.data.corpus))
+    if spec.data.kind == "hf" and not (HUB_ID.match(spec.data.dataset) and ".." not in spec.data.dataset):
+        wanted.append(("run.data.dataset", spec.data.dataset))
+    checkpoint = spec.protocol.checkpoint
+    if checkpoint and not (HUB_ID.match(checkpoint) and ".." not in checkpoint):
+        wanted.append(("run.protocol.checkpoint", checkpoint))
+    resolved = [r.expanduser().resolve() for r in roots]
+    where = ", ".join(str(r) for r in resolved) or "(none)"
+    return [
+        (field, f"{value!r} is neither a known name nor a path under the allowed data roots ({where})")
+        for field, value in wanted
+        if not any(Path(value).expanduser().resolve().is_relative_to(r) for r in resolved)
+    ]
+
+
+def _too_big(spec: RunSpec, where: Placement, profile: str) -> list[tuple[str, str]]:
+    """A planned model larger than the profile takes (parameters counted on the meta device: nothing allocated)."""
+    if where.max_params is None:
+        return []
+    total, _ = count_params(spec.model.size, vocab_size=spec.model.vocab_size, **spec.model.overrides)
+    if total <= where.max_params:
+        return []
+    return [("run.model.overrides", f"the planned {spec.model.size} model has {total:,} parameters; the {profile} "
+             f"profile takes at most {where.max_params:,}")]  # fmt: skip
 
 
 def preset_run(

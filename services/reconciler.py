@@ -1,25 +1,38 @@
 """The reconciler: brings Ray jobs in line with the store, one tick at a time (one reconciler per control plane).
 
-Each tick polls the jobs of active runs into the store, retries failed attempts (a new attempt resumes from the
-run's last checkpoint: same run name, same storage), stops the jobs of cancelled runs, submits queued runs within
-the concurrency limit, and derives each sweep's status. Job ids are `<run id>-a<attempt>`: after a restart, a queued
-run whose job already exists is adopted, never submitted twice.
+A tick polls the runs whose job may be running (submitted, running, or cancelled with a job to stop), then submits
+queued runs into the free slots, then derives the status of the sweeps it touched. Its cost is bounded by the
+concurrency limit, never by the queue or by history. Every run is handled in a transaction of its own: a run
+whose submission or poll fails becomes an event with the cause and is retried after a backoff, and every other
+run goes on. A failed attempt is retried as a new job that resumes from the run's last checkpoint (same run name,
+same storage), up to `max_attempts`, with exponential backoff; a failure that cannot succeed on retry (a spec or
+data error the job reports) fails the run at once. Job ids are `<run id>-a<attempt>`: after a restart, a queued
+run whose job already exists is adopted, never submitted twice. While the Ray job server does not answer, a tick
+does nothing but say so (`cluster_error`); jobs that vanished with a restarted cluster are resubmitted once it is
+back, without counting against the run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ray.job_submission import JobStatus
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cluster.jobs import ACTIVE as JOB_ACTIVE
 from cluster.jobs import Jobs, submission_id
 from services import sweep_tracking
-from services.store import ACTIVE, TERMINAL, Run, RunStatus, Sweep
-from trainers.job_protocol import progress_file, run_storage
+from services.store import ACTIVE, TERMINAL, Run, RunStatus, Sweep, now
+from trainers.job_protocol import job_error, parse_result, progress_file, run_storage
+
+log = logging.getLogger("myopia.reconciler")
+PERMANENT = {"spec", "data"}  # errors a job reports that no retry can cure
+LOG_TAIL = 4 * 2**20  # the end of a job's log holds its result or its error
 
 
 class Reconciler:
@@ -31,31 +44,58 @@ class Reconciler:
         *,
         max_concurrent: int = 2,
         max_attempts: int = 3,
+        backoff_s: float = 10.0,
         job_env: dict[str, str] | None = None,
     ) -> None:
         self.db, self.jobs, self.max_concurrent, self.max_attempts = db, jobs, max_concurrent, max_attempts
-        self.work_dir = work_dir
+        self.work_dir, self.backoff_s = work_dir, backoff_s
         self.job_env = job_env or {}
+        self.cluster_error: str | None = None  # why the last tick could not reach the job server
 
     # ------------------------------------------------------------------------------------------------ ticking
     def tick(self) -> None:
-        with self.db.begin() as s:
-            active = list(s.scalars(select(Run).where(Run.status.in_(ACTIVE))))
-            for run in active:
-                self._poll(run)
-            for run in s.scalars(select(Run).where(Run.status == RunStatus.CANCELLED, Run.submission_id.is_not(None))):
-                self.jobs.stop(run.submission_id)
-            busy = sum(r.status in ACTIVE for r in active)
-            queued = s.scalars(select(Run).where(Run.status == RunStatus.QUEUED).order_by(Run.created_at, Run.id))
-            for run in queued:
-                if busy >= self.max_concurrent:
-                    break
-                self._submit(run)
-                busy += 1
-            self._sweep_statuses(s)
+        self.cluster_error = self.jobs.unreachable()
+        if self.cluster_error:
+            return
+        touched: set[str] = set()
+        with self.db() as s:
+            live = list(s.scalars(select(Run.id).where(Run.job_live)))
+        for run_id in live:
+            touched |= self._each(run_id, self._poll)
+        with self.db() as s:
+            busy = s.scalar(select(func.count()).select_from(Run).where(Run.status.in_(ACTIVE))) or 0
+            due = (Run.not_before.is_(None)) | (Run.not_before <= now())
+            queued = list(
+                s.scalars(
+                    select(Run.id)
+                    .where(Run.status == RunStatus.QUEUED, due)
+                    .order_by(Run.created_at, Run.id)
+                    .limit(max(0, self.max_concurrent - busy))
+                )
+            )
+        for run_id in queued:
+            touched |= self._each(run_id, self._submit)
+        if touched:
+            with self.db.begin() as s:
+                for sweep in s.scalars(select(Sweep).where(Sweep.id.in_(touched))):
+                    self._sweep_status(sweep)
+
+    def _each(self, run_id: str, step: Callable[[Session, Run], None]) -> set[str]:
+        """One run in a transaction of its own; an error becomes the run's event and a backoff, never the tick's."""
+        try:
+            with self.db.begin() as s:
+                run = s.get(Run, run_id)
+                step(s, run)
+                return {run.sweep_id}
+        except Exception as e:  # noqa: BLE001 - isolate the run: whatever it raised, the others go on
+            log.exception("run %s", run_id)
+            with self.db.begin() as s:
+                run = s.get(Run, run_id)
+                self._failed(run, f"control plane: {type(e).__name__}: {e}"[:2000], permanent=False)
+                return {run.sweep_id}
 
     # ------------------------------------------------------------------------------------------------ a run
-    def _submit(self, run: Run) -> None:
+    def _submit(self, s: Session, run: Run) -> None:
         sid = submission_id(run.id, run.attempt)
         if self.jobs.status(sid) is None:  # else: submitted before a crash of the control plane; adopt it
             sweep_tracking.open_runs(run.sweep)  # the arm runs log under their pair's MLflow run
@@ -65,27 +105,47 @@ class Reconciler:
             self.jobs.submit(sid, run.spec, self.job_env)
         run.progress = None
         run.submission_id = sid
+        run.job_live = True
         run.set_status(RunStatus.SUBMITTED, sid)
 
-    def _poll(self, run: Run) -> None:
+    def _poll(self, s: Session, run: Run) -> None:
         status = self.jobs.status(run.submission_id)
+        if run.status == RunStatus.CANCELLED:  # its job must go
+            if status in JOB_ACTIVE:
+                self.jobs.stop(run.submission_id)
+            else:
+                run.job_live = False
+            return
         if status in JOB_ACTIVE:
             if status == JobStatus.RUNNING:
                 run.set_status(RunStatus.RUNNING)
                 self._progress(run)
             return
+        run.job_live = False
+        if status is None:  # the cluster lost it (restarted): run it again, not the run's failure
+            run.attempt += 1
+            run.set_status(RunStatus.QUEUED, f"job {run.submission_id} is gone (the cluster restarted?): resubmitting")
+            return
+        logs = self.jobs.tail(run.submission_id, LOG_TAIL)
         if status == JobStatus.SUCCEEDED:
             try:
-                run.result = self.jobs.result(run.submission_id)
+                run.result = parse_result(logs)
             except json.JSONDecodeError as e:
-                return self._failed(run, f"the job succeeded but its result line is not JSON: {e}")
+                return self._failed(run, f"the job succeeded but its result line is not JSON: {e}", permanent=False)
             if run.result is None:
-                return self._failed(run, "the job succeeded but printed no result line")
+                return self._failed(run, "the job succeeded but printed no result line", permanent=False)
             run.error = None
             run.set_status(RunStatus.SUCCEEDED)
             return
-        why = "its job is gone (cluster restarted?)" if status is None else f"job {status.value}"
-        self._failed(run, f"{why}: {self.jobs.logs(run.submission_id)[-2000:]}" if status else why)
+        reported = job_error(logs)  # what the job said went wrong, where it could tell
+        message = self.jobs.message(run.submission_id) or ""
+        if reported:
+            self._failed(
+                run, f"{reported['kind']} error: {reported['message']}", permanent=reported["kind"] in PERMANENT
+            )
+        else:
+            tail = "\n".join(logs.strip().splitlines()[-15:])
+            self._failed(run, f"job {status.value}: {message}\n{tail}".strip(), permanent=False)
 
     def _progress_file(self, run: Run) -> Path:
         return progress_file(run_storage(run.spec.get("storage_path"), self.work_dir), run.id)  # the jobs' data dir
@@ -99,21 +159,25 @@ class Reconciler:
         if state != run.progress:
             run.progress = state
 
-    def _failed(self, run: Run, error: str) -> None:
+    def _failed(self, run: Run, error: str, *, permanent: bool) -> None:
         run.error = error
-        if run.attempt + 1 < self.max_attempts:
+        run.failures += 1
+        if not permanent and run.failures < self.max_attempts:
             run.attempt += 1
-            run.set_status(RunStatus.QUEUED, f"retry: {error[:200]}")  # resumes from the run's latest checkpoint
+            delay = self.backoff_s * 2 ** (run.failures - 1)
+            run.not_before = datetime.now(UTC) + timedelta(seconds=delay)
+            run.set_status(RunStatus.QUEUED, f"retry in {delay:.0f} s: {error[:500]}")  # resumes from its checkpoint
         else:
-            run.set_status(RunStatus.FAILED, error[:500])
+            run.set_status(RunStatus.FAILED, error[:2000])
 
     @staticmethod
-    def _sweep_statuses(s: Session) -> None:
-        for sweep in s.scalars(select(Sweep).where(Sweep.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)))):
-            states = {r.status for r in sweep.runs}
-            if states <= {RunStatus.SUCCEEDED}:
-                sweep.status = RunStatus.SUCCEEDED
-            elif states <= TERMINAL:
-                sweep.status = RunStatus.FAILED if RunStatus.FAILED in states else RunStatus.CANCELLED
-            elif states & ACTIVE or RunStatus.SUCCEEDED in states:
-                sweep.status = RunStatus.RUNNING
+    def _sweep_status(sweep: Sweep) -> None:
+        if sweep.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+            return
+        states = {r.status for r in sweep.runs}
+        if states <= {RunStatus.SUCCEEDED}:
+            sweep.status = RunStatus.SUCCEEDED
+        elif states <= TERMINAL:
+            sweep.status = RunStatus.FAILED if RunStatus.FAILED in states else RunStatus.CANCELLED
+        elif states & ACTIVE or RunStatus.SUCCEEDED in states:
+            sweep.status = RunStatus.RUNNING

@@ -8,18 +8,22 @@ was down collapse into the latest one: a schedule catches up once, not once per 
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from pydantic import Field, field_validator
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
 from services.errors import InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
 from services.store import Schedule, Sweep, new_id
-from services.sweeps import create_sweep
+from services.sweeps import create_sweep, decode_cursor, encode_cursor
 from trainers.spec import Strict
+
+log = logging.getLogger("myopia.scheduler")
 
 
 class ScheduleRequest(Strict):
@@ -30,15 +34,23 @@ class ScheduleRequest(Strict):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, v: str) -> str:
+        """Parsable, and firing: its next and previous ticks exist (`0 0 30 2 *` parses but never fires)."""
         if not croniter.is_valid(v):
             raise ValueError(f"not a valid cron expression: {v!r}")
+        try:
+            now = datetime.now(UTC)
+            croniter(v, now).get_next(datetime), croniter(v, now).get_prev(datetime)
+        except (CroniterBadDateError, ValueError) as e:
+            raise ValueError(f"cron expression {v!r} never fires: {e}") from None
         return v
 
 
-def add_schedule(db: sessionmaker, request: ScheduleRequest, profile: str = "cpu") -> Schedule:
+def add_schedule(
+    db: sessionmaker, request: ScheduleRequest, profile: str = "cpu", allowed_roots: list[Path] | None = None
+) -> Schedule:
     """Store a schedule whose template plans (a template that cannot is refused now, not at its first tick)."""
     try:
-        plan(request.template, profile=profile)
+        plan(request.template, profile=profile, allowed_roots=allowed_roots)
     except InvalidRequest as e:
         raise InvalidRequest([(f"template.{field}", msg) for field, msg in e.errors]) from None
     with db.begin() as s:
@@ -50,9 +62,22 @@ def add_schedule(db: sessionmaker, request: ScheduleRequest, profile: str = "cpu
     return schedule
 
 
-def list_schedules(db: sessionmaker) -> list[Schedule]:
+def list_schedules(
+    db: sessionmaker, limit: int | None = None, cursor: str | None = None
+) -> tuple[list[Schedule], str | None]:
+    """Enabled schedules, oldest first, a page at a time (all of them without a limit); the next page's cursor."""
     with db() as s:
-        return list(s.scalars(select(Schedule).where(Schedule.enabled).order_by(Schedule.created_at)))
+        query = select(Schedule).where(Schedule.enabled).order_by(Schedule.created_at, Schedule.id)
+        if cursor:
+            at, schedule_id = decode_cursor(cursor, 2)
+            when = datetime.fromisoformat(at)
+            query = query.where(
+                or_(Schedule.created_at > when, and_(Schedule.created_at == when, Schedule.id > schedule_id))
+            )
+        page = list(s.scalars(query.limit(limit + 1) if limit else query))
+    if limit and len(page) > limit:
+        return page[:limit], encode_cursor(page[limit - 1].created_at.isoformat(), page[limit - 1].id)
+    return page, None
 
 
 def delete_schedule(db: sessionmaker, schedule_id: str) -> None:
@@ -69,36 +94,47 @@ def _utc(t: datetime) -> datetime:
 
 
 def tick(
-    db: sessionmaker, now: datetime | None = None, *, mlflow_uri: str | None = None, profile: str = "cpu"
+    db: sessionmaker,
+    now: datetime | None = None,
+    *,
+    mlflow_uri: str | None = None,
+    profile: str = "cpu",
+    allowed_roots: list[Path] | None = None,
 ) -> list[str]:
-    """Fire every schedule whose cron has ticked since it last fired; returns the ids of the sweeps created."""
+    """Fire every schedule whose cron has ticked since it last fired; returns the ids of the sweeps created. A
+    schedule that fails (its template no longer plans, say) is logged and skipped: the others still fire."""
     now = now or datetime.now(UTC)
     created = []
-    for schedule in list_schedules(db):
-        since = _utc(schedule.last_fired_at or schedule.created_at)
-        due = croniter(schedule.cron, now).get_prev(datetime)  # the latest tick at or before now
-        if due <= since:
+    for schedule in list_schedules(db)[0]:
+        try:
+            sweep_id = _fire(db, schedule, now, mlflow_uri=mlflow_uri, profile=profile, allowed_roots=allowed_roots)
+        except Exception:  # noqa: BLE001 - one schedule's failure must not stop the others
+            log.exception("schedule %s (%s) failed to fire", schedule.id, schedule.name)
             continue
-        request = SweepRequest.model_validate(schedule.template)
-        sweep, _ = create_sweep(
-            db,
-            request,
-            idempotency_key=f"schedule:{schedule.id}:{due.isoformat()}",
-            mlflow_uri=mlflow_uri,
-            profile=profile,
-        )
-        with db.begin() as s:
-            # record the tick only if nobody did it first; link the new sweep to the schedule's previous one
-            won = s.execute(
-                update(Schedule)
-                .where(Schedule.id == schedule.id, Schedule.last_sweep_id.is_not_distinct_from(schedule.last_sweep_id))
-                .values(last_fired_at=due, last_sweep_id=sweep.id)
-            ).rowcount
-            if won:
-                s.execute(
-                    update(Sweep)
-                    .where(Sweep.id == sweep.id)
-                    .values(schedule_id=schedule.id, previous_sweep_id=schedule.last_sweep_id)
-                )
-                created.append(sweep.id)
+        if sweep_id:
+            created.append(sweep_id)
     return created
+
+
+def _fire(db: sessionmaker, schedule: Schedule, now: datetime, **plan_options: object) -> str | None:
+    since = _utc(schedule.last_fired_at or schedule.created_at)
+    due = croniter(schedule.cron, now).get_prev(datetime)  # the latest tick at or before now
+    if due <= since:
+        return None
+    request = SweepRequest.model_validate(schedule.template)
+    sweep, _ = create_sweep(db, request, idempotency_key=f"schedule:{schedule.id}:{due.isoformat()}", **plan_options)
+    with db.begin() as s:
+        # record the tick only if nobody did it first; link the new sweep to the schedule's previous one
+        won = s.execute(
+            update(Schedule)
+            .where(Schedule.id == schedule.id, Schedule.last_sweep_id.is_not_distinct_from(schedule.last_sweep_id))
+            .values(last_fired_at=due, last_sweep_id=sweep.id)
+        ).rowcount
+        if won:
+            s.execute(
+                update(Sweep)
+                .where(Sweep.id == sweep.id)
+                .values(schedule_id=schedule.id, previous_sweep_id=schedule.last_sweep_id)
+            )
+            return sweep.id
+    return None

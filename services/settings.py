@@ -28,11 +28,22 @@ class Settings(BaseSettings):
     resource_profile: str = Field("cpu", description="the profile of cluster/resources.yaml the planner uses")
     max_concurrent_runs: int = Field(2, ge=1)
     max_attempts: int = Field(3, ge=1, description="attempts per run before it is failed")
+    retry_backoff_s: float = Field(10.0, ge=0.0, description="a failed run waits this, doubled per failure")
+    allowed_data_roots: list[Path] = Field(
+        default_factory=list,
+        description="where a request may point runs at local corpora, datasets and checkpoints (JSON list, e.g. "
+        '["/data", "/mnt/checkpoints"]); default: the data dir',
+    )
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies are refused (413)")
 
     @field_validator("database_url", "ray_address", "mlflow_uri", "api_token", "job_python", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v  # compose passes `${VAR:-}` through as an empty string
+
+    @property
+    def data_roots(self) -> list[Path]:
+        return self.allowed_data_roots or [self.data_dir.expanduser()]
 
     @property
     def database(self) -> str:

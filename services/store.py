@@ -7,15 +7,18 @@ SQLAlchemy 2 models; the schema is created and upgraded by Alembic (`services/mi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event
+from alembic.script import ScriptDirectory
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -49,11 +52,13 @@ class Base(DeclarativeBase):
 
 class Sweep(Base):
     __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_created_id", "created_at", "id"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sw"))
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED, index=True)
     request: Mapped[dict] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))  # of the request the key was first used with
     schedule_id: Mapped[str | None] = mapped_column(ForeignKey("schedules.id"))
     previous_sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"))
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))  # the parent of its pairs' MLflow runs
@@ -80,6 +85,7 @@ class Pair(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_status_created", "status", "created_at"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("run"))
     sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id"), index=True)
     pair_id: Mapped[str] = mapped_column(ForeignKey("pairs.id"), index=True)
@@ -87,7 +93,10 @@ class Run(Base):
     spec: Mapped[dict] = mapped_column(JSON)
     config_hash: Mapped[str] = mapped_column(String(32), index=True)
     status: Mapped[str] = mapped_column(String(20), default=RunStatus.QUEUED, index=True)
-    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # one Ray job per attempt: `<run id>-a<attempt>`
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # attempts that failed (a vanished job is not one)
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # retry backoff
+    job_live: Mapped[bool] = mapped_column(Boolean, default=False, index=True)  # the attempt's job may be running
     submission_id: Mapped[str | None] = mapped_column(String(80))
     result: Mapped[dict | None] = mapped_column(JSON)
     progress: Mapped[dict | None] = mapped_column(JSON)  # {step, steps, loss} of the attempt running now
@@ -116,6 +125,14 @@ class RunEvent(Base):
     run: Mapped[Run] = relationship(back_populates="events")
 
 
+class Heartbeat(Base):
+    """One row the readiness probe writes: proof the database takes writes."""
+
+    __tablename__ = "heartbeat"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Schedule(Base):
     __tablename__ = "schedules"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sch"))
@@ -138,13 +155,81 @@ def migrate(url: str, revision: str = "head") -> None:
     command.upgrade(cfg, revision)
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be used safely (its file deleted or replaced); nothing is written until it can."""
+
+
+def head_revision() -> str:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
 def connect(url: str) -> sessionmaker:
-    """Migrate, then a session factory. SQLite gets foreign keys and a busy timeout (several threads write)."""
+    """Migrate, then a session factory. SQLite gets foreign keys, a busy timeout (several threads write) and a
+    guard: a connection is handed out only while the file is the one the control plane started with, so writes
+    never go to a deleted file's ghost."""
     migrate(url)
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
-    if url.startswith("sqlite"):
+    sqlite = url.startswith("sqlite")
+    connect_args = {"timeout": 30} if sqlite else {}
+    engine = create_engine(url, connect_args=connect_args, pool_size=10, max_overflow=30)
+    info: dict = {"connect_args": connect_args}  # for the readiness probe's fresh connections
+    if sqlite:
         _sqlite_pragmas(engine)
-    return sessionmaker(engine, expire_on_commit=False)
+        info["guard"] = _guard_file(engine, Path(url.removeprefix("sqlite:///")))
+    return sessionmaker(engine, expire_on_commit=False, info=info)
+
+
+def check(db: sessionmaker) -> None:
+    """A fresh connection (not a pooled one) that reads the schema version and writes the heartbeat row, or the
+    reason it cannot."""
+    engine: Engine = db.kw["bind"]
+    info = db.kw.get("info", {})
+    if guard := info.get("guard"):
+        guard()
+    probe = create_engine(engine.url, poolclass=NullPool, connect_args=info.get("connect_args", {}))
+    try:
+        _probe(probe)
+    finally:
+        probe.dispose()
+
+
+def _probe(engine: Engine) -> None:
+    with engine.connect() as connection, connection.begin():
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        if version != head_revision():
+            raise StoreUnavailable(f"the schema is at {version}, this control plane needs {head_revision()}")
+        updated = connection.execute(text("UPDATE heartbeat SET at = :at WHERE id = 1"), {"at": now()}).rowcount
+        if not updated:
+            connection.execute(text("INSERT INTO heartbeat (id, at) VALUES (1, :at)"), {"at": now()})
+
+
+def _guard_file(engine: Engine, path: Path) -> Callable[..., None]:
+    identity = _identity(path)
+
+    def guard(*_: object) -> None:
+        if _identity(path) != identity:
+            raise StoreUnavailable(f"the database file {path} was deleted or replaced while the control plane ran: "
+                                   "restore it and restart (nothing was written meanwhile)")  # fmt: skip
+        with path.open("rb") as f:  # 16 bytes: a pooled connection would not notice an overwritten header itself
+            if f.read(16) != SQLITE_MAGIC:
+                raise StoreUnavailable(f"the database file {path} is not an SQLite database any more (corrupted?)")
+
+    # before a new connection would create a ghost file, and before a pooled one is handed out
+    event.listen(engine, "do_connect", guard)
+    event.listen(engine, "checkout", guard)
+    return guard
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

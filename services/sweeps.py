@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import base64
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import DateTime, and_, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from services.errors import Conflict, NotFound
+from services.errors import Conflict, InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
-from services.store import TERMINAL, Pair, Run, RunStatus, Sweep, new_id
+from services.store import TERMINAL, Pair, Run, RunEvent, RunStatus, Sweep, new_id, now
 from trainers.spec import TrackingSpec
+
+
+def request_hash(request: SweepRequest) -> str:
+    """Of the validated request (the preset filled in): the same sweep asked twice hashes the same."""
+    body = json.dumps(request.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def create_sweep(
@@ -19,21 +31,25 @@ def create_sweep(
     idempotency_key: str | None = None,
     profile: str = "cpu",
     mlflow_uri: str | None = None,
+    allowed_roots: list[Path] | None = None,
 ) -> tuple[Sweep, bool]:
-    """(sweep, created). A key seen before returns the sweep it created, whatever the request now says."""
-    if idempotency_key:
-        existing = _by_key(db, idempotency_key)
-        if existing:
-            return existing, False
+    """(sweep, created). A key seen before returns the sweep it created for the same request; for another request
+    it is a Conflict. An empty key is no key."""
+    key = idempotency_key or None
+    digest = request_hash(request)
+    if key and (existing := _by_key(db, key, digest)):
+        return existing, False
     sweep_id = new_id("sw")
-    planned = plan(request, profile=profile)  # refuses bad templates (naming the field) and unmatched pairs
+    # refuses bad templates (naming the field), paths outside the allowed roots and unmatched pairs
+    planned = plan(request, profile=profile, allowed_roots=allowed_roots)
     try:
         with db.begin() as s:
             sweep = Sweep(
                 id=sweep_id,
                 name=request.name,
                 request=request.model_dump(mode="json", exclude_none=True),
-                idempotency_key=idempotency_key,
+                idempotency_key=key,
+                request_hash=digest,
             )
             s.add(sweep)
             for p in planned:
@@ -63,20 +79,37 @@ def create_sweep(
                     run.set_status(RunStatus.QUEUED, "planned")
                     s.add(run)  # (SQLAlchemy 2 does not cascade through the backref assignment above)
     except IntegrityError:
-        if idempotency_key and (existing := _by_key(db, idempotency_key)):  # the same key, concurrently
+        if key and (existing := _by_key(db, key, digest)):  # the same key, concurrently
             return existing, False
         raise
     return get_sweep(db, sweep_id), True
 
 
-def _by_key(db: sessionmaker, key: str) -> Sweep | None:
+def _by_key(db: sessionmaker, key: str, digest: str) -> Sweep | None:
     with db() as s:
-        sweep = s.scalars(select(Sweep).where(Sweep.idempotency_key == key)).one_or_none()
-        return get_sweep(db, sweep.id) if sweep else None
+        found = s.execute(select(Sweep.id, Sweep.request_hash).where(Sweep.idempotency_key == key)).one_or_none()
+    if found is None:
+        return None
+    if found.request_hash != digest:
+        raise Conflict(f"Idempotency-Key {key!r} was used for another request (sweep {found.id})")
+    return get_sweep(db, found.id)
 
 
 def _loaded(s: Session):
-    return select(Sweep).options(selectinload(Sweep.runs).selectinload(Run.events), selectinload(Sweep.pairs))
+    return select(Sweep).options(selectinload(Sweep.runs), selectinload(Sweep.pairs))
+
+
+def encode_cursor(*parts: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps([str(p) for p in parts]).encode()).decode()
+
+
+def decode_cursor(cursor: str, n: int) -> list[str]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        assert isinstance(parts, list) and len(parts) == n and all(isinstance(p, str) for p in parts)
+        return parts
+    except (ValueError, AssertionError, TypeError):
+        raise InvalidRequest([("cursor", "not a cursor this API returned")]) from None
 
 
 def _require(s: Session, model: type[Sweep] | type[Run], key: str):
@@ -94,9 +127,39 @@ def get_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
         return sweep
 
 
-def list_sweeps(db: sessionmaker, limit: int = 100) -> list[Sweep]:
+def list_sweeps(db: sessionmaker, limit: int = 50, cursor: str | None = None) -> tuple[list[dict], str | None]:
+    """A page of sweeps, newest first, with their runs counted by status (not listed); the cursor of the next."""
     with db() as s:
-        return list(s.scalars(_loaded(s).order_by(Sweep.created_at.desc()).limit(limit)))
+        query = select(Sweep).order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)
+        if cursor:
+            at, sweep_id = decode_cursor(cursor, 2)
+            when = datetime.fromisoformat(at)
+            query = query.where(or_(Sweep.created_at < when, and_(Sweep.created_at == when, Sweep.id < sweep_id)))
+        page = list(s.scalars(query))
+        more, page = len(page) > limit, page[:limit]
+        counts: dict[str, dict[str, int]] = {sw.id: {} for sw in page}
+        rows = s.execute(
+            select(Run.sweep_id, Run.status, func.count())
+            .where(Run.sweep_id.in_(list(counts)))
+            .group_by(Run.sweep_id, Run.status)
+        )
+        for sweep_id, status, n in rows:
+            counts[sweep_id][status] = n
+        items = [{"sweep": sw, "runs_by_status": counts[sw.id]} for sw in page]
+    return items, (encode_cursor(page[-1].created_at.isoformat(), page[-1].id) if more else None)
+
+
+def list_runs(
+    db: sessionmaker, sweep_id: str, limit: int = 100, cursor: str | None = None
+) -> tuple[list[Run], str | None]:
+    """A page of a sweep's runs in id order; the cursor of the next."""
+    with db() as s:
+        _require(s, Sweep, sweep_id)
+        query = select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id).limit(limit + 1)
+        if cursor:
+            query = query.where(Run.id > decode_cursor(cursor, 1)[0])
+        page = list(s.scalars(query))
+    return page[:limit], (encode_cursor(page[limit - 1].id) if len(page) > limit else None)
 
 
 def get_run(db: sessionmaker, run_id: str) -> Run:
@@ -111,9 +174,18 @@ def cancel_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
     """Mark the sweep and its unfinished runs cancelled; the reconciler stops their jobs."""
     with db.begin() as s:
         sweep = _require(s, Sweep, sweep_id)
-        for run in sweep.runs:
-            if run.status not in TERMINAL:
-                run.set_status(RunStatus.CANCELLED, "sweep cancelled")
+        open_runs = (Run.sweep_id == sweep_id) & Run.status.not_in(TERMINAL)
+        # in bulk: a sweep of many runs cancels in one statement, with one history row per run
+        s.execute(
+            insert(RunEvent).from_select(
+                ["run_id", "attempt", "status", "message", "at"],
+                select(Run.id, Run.attempt, literal(RunStatus.CANCELLED.value), literal("sweep cancelled"),
+                       literal(now(), DateTime(timezone=True))).where(open_runs),
+            )
+        )  # fmt: skip
+        s.execute(
+            update(Run).where(open_runs).values(status=RunStatus.CANCELLED).execution_options(synchronize_session=False)
+        )
         sweep.status = RunStatus.CANCELLED
     return get_sweep(db, sweep_id)
 
@@ -133,7 +205,10 @@ def retry_run(db: sessionmaker, run_id: str) -> Run:
         run = _require(s, Run, run_id)
         if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
             raise Conflict(f"run {run_id} is {run.status}; only a failed or cancelled run can be retried")
+        if run.job_live:
+            raise Conflict(f"run {run_id}'s job is still being stopped; retry it in a few seconds")
         run.attempt += 1
+        run.failures, run.not_before = 0, None
         run.set_status(RunStatus.QUEUED, "retry requested")
         if run.sweep.status in TERMINAL:
             run.sweep.status = RunStatus.RUNNING

@@ -25,7 +25,7 @@ from filelock import FileLock
 
 from trainers.corpora import CORPORA, TOKENIZER, DataError, corpus_path, tokenizer_path
 from trainers.paths import data_dir
-from trainers.spec import HFData, TextData
+from trainers.spec import HFData, RunSpec, TextData
 
 EOS = 0  # Pythia's <|endoftext|>, between documents in packed shards
 SPLIT_BUCKETS = 10_000  # held-out share resolution: a document is held out when hash(id) % 10,000 < share × 10,000
@@ -104,6 +104,31 @@ def hf_documents(source: HFData) -> tuple[str, Iterator[tuple[str, str]]]:
                 yield str(i), row[source.text_field]
 
     return key, rows()
+
+
+def check_source(spec: RunSpec) -> None:
+    """Cheap checks that a run's data and checkpoint exist where they must be local (DataError names what is not)."""
+    if spec.data.kind == "text":
+        if spec.data.corpus in CORPORA:
+            if not corpus_path(spec.data.corpus).exists():
+                raise DataError(
+                    f"corpus {spec.data.corpus!r} is not fetched yet: run `myopia data fetch {spec.data.corpus}`"
+                )
+        elif not Path(spec.data.corpus).expanduser().exists():
+            raise DataError(
+                f"no corpus named {spec.data.corpus!r} (known: {', '.join(CORPORA)}) and no such file or folder"
+            )
+        if not tokenizer_path().exists():
+            raise DataError("the Pythia tokenizer is not fetched yet: run `myopia data fetch`")
+    if (
+        spec.data.kind == "hf"
+        and spec.data.dataset.startswith(("/", "~", "."))
+        and not Path(spec.data.dataset).expanduser().exists()
+    ):
+        raise DataError(f"no Hugging Face dataset directory {spec.data.dataset}")
+    checkpoint = spec.protocol.checkpoint
+    if checkpoint and checkpoint.startswith(("/", "~", ".")) and not Path(checkpoint).expanduser().is_dir():
+        raise DataError(f"no checkpoint directory {checkpoint}")
 
 
 def _digest(text: str) -> str:

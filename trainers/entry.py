@@ -19,7 +19,8 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from trainers.job_protocol import progress_file, result_line, run_storage
+from trainers.data import DataError, check_source
+from trainers.job_protocol import error_line, progress_file, result_line, run_storage
 from trainers.loop import train_loop
 from trainers.spec import RunSpec, SpecError, load_spec
 
@@ -116,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec)
     except SpecError as e:
-        print(e, file=sys.stderr)
+        print(error_line("spec", str(e)), flush=True)
         return 2
+    try:
+        check_source(spec)  # before any worker starts: a missing corpus or checkpoint fails now, and for good
+    except DataError as e:
+        print(error_line("data", str(e)), flush=True)
+        return 3
     result = run(spec)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -13,18 +13,35 @@ from trainers.paths import data_dir
 
 SPEC_FILE = "spec.json"
 RESULT_MARK = "MYOPIA_RESULT "
+ERROR_MARK = "MYOPIA_ERROR "  # {"kind": "spec" | "data" | ..., "message": ...}: why a job gave up, if it knows
 
 
 def result_line(result: dict[str, Any]) -> str:
     return RESULT_MARK + json.dumps(result)
 
 
+def error_line(kind: str, message: str) -> str:
+    return ERROR_MARK + json.dumps({"kind": kind, "message": message})
+
+
+def _last(logs: str, mark: str) -> dict[str, Any] | None:
+    for line in reversed(logs.splitlines()):
+        if line.startswith(mark):
+            return json.loads(line[len(mark) :])
+    return None
+
+
 def parse_result(logs: str) -> dict[str, Any] | None:
     """The result the job printed last, or None."""
-    for line in reversed(logs.splitlines()):
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK) :])
-    return None
+    return _last(logs, RESULT_MARK)
+
+
+def job_error(logs: str) -> dict[str, Any] | None:
+    """The error the job reported before it exited, or None."""
+    try:
+        return _last(logs, ERROR_MARK)
+    except json.JSONDecodeError:
+        return None
 
 
 def run_storage(storage_path: str | None, root: Path | None = None) -> Path:

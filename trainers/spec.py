@@ -11,7 +11,17 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from trainers.models import PYTHIA_SIZES, SizeName, pythia_config
@@ -30,13 +40,43 @@ def error_path(err: Any, prefix: tuple[str, ...] = ()) -> str:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields refused by name; no NaN or infinity in any float; frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ModelOverrides(Strict):
+    """The GPT-NeoX config fields a run may change, with their bounds."""
+
+    num_hidden_layers: int | None = Field(None, ge=1, le=128)
+    hidden_size: int | None = Field(None, ge=8, le=16384)
+    num_attention_heads: int | None = Field(None, ge=1, le=256)
+    intermediate_size: int | None = Field(None, ge=8, le=65536, description="default: 4 × hidden_size")
+    hidden_act: Literal["gelu", "gelu_new", "gelu_fast", "relu", "silu"] | None = None
+    use_parallel_residual: bool | None = Field(None, description="false: GPT-2-style sequential blocks")
+    layer_norm_eps: float | None = Field(None, gt=0.0, le=0.1)
+    hidden_dropout: float | None = Field(None, ge=0.0, le=0.9)
+    attention_dropout: float | None = Field(None, ge=0.0, le=0.9)
+    max_position_embeddings: int | None = Field(None, ge=2, le=65536)
+    initializer_range: float | None = Field(None, gt=0.0, le=1.0)
+
+
+def _bounded_overrides(value: dict[str, Any]) -> dict[str, Any]:
+    return ModelOverrides.model_validate(value).model_dump(exclude_none=True)
+
+
+Overrides = Annotated[
+    dict[str, Any], AfterValidator(_bounded_overrides), WithJsonSchema(ModelOverrides.model_json_schema())
+]
+TextField = Annotated[str, Field(min_length=1, max_length=1000)]
 
 
 class ModelSpec(Strict):
     size: SizeName = "14m"
-    vocab_size: int | None = Field(None, gt=0, description="None: Pythia's 50,304 (text) or unused (synthetic)")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="GPTNeoXConfig fields, e.g. num_hidden_layers")
+    vocab_size: int | None = Field(
+        None, gt=0, le=1_000_000, description="None: Pythia's 50,304 (text) or unused (synthetic)"
+    )
+    overrides: Overrides = Field(default_factory=dict, description="GPT-NeoX config fields, e.g. num_hidden_layers")
 
     @model_validator(mode="after")
     def _valid_overrides(self) -> ModelSpec:
@@ -57,7 +97,7 @@ class AttentionSpec(Strict):
 
 class ProtocolSpec(Strict):
     kind: Literal["scratch", "finetune"] = "scratch"
-    checkpoint: str | None = Field(
+    checkpoint: TextField | None = Field(
         None,
         description="finetune: a Hugging Face hub id or a local checkpoint directory; in a sweep's run "
         "template, `{size}` stands for each size",
@@ -73,8 +113,10 @@ class ProtocolSpec(Strict):
 class SyntheticData(Strict):
     kind: Literal["synthetic"] = "synthetic"
     p: float = Field(1.0, gt=0.0, le=1.0, description="share of positions whose target is the window sum")
-    b: float = Field(10.0, gt=0.0, description="sine frequency")
-    lags: int = Field(10, ge=1, description="window length: the target sums sin(b·x) over the previous `lags` inputs")
+    b: float = Field(10.0, gt=0.0, le=1000.0, description="sine frequency")
+    lags: int = Field(
+        10, ge=1, le=2048, description="window length: the target sums sin(b·x) over the previous `lags` inputs"
+    )
 
 
 Sequences = Literal["packed", "document_start"]
@@ -84,55 +126,65 @@ SEQUENCES_DOC += "each document with at least seq_len tokens (position 0 is a do
 
 class TextData(Strict):
     kind: Literal["text"] = "text"
-    corpus: str = Field("wiki", description="a corpus name from `myopia data fetch`, or a text file or folder")
+    corpus: TextField = Field("wiki", description="a corpus name from `myopia data fetch`, or a text file or folder")
     sequences: Sequences = Field("packed", description=SEQUENCES_DOC)
     held_out: float = Field(0.02, gt=0.0, le=0.5, description="share of documents held out (by a hash of the id)")
 
 
 class HFData(Strict):
     kind: Literal["hf"] = "hf"
-    dataset: str = Field(description="hub id (streamed where the hub is reachable) or a save_to_disk directory")
-    split: str = "train"
-    text_field: str = "text"
+    dataset: TextField = Field(description="hub id (streamed where the hub is reachable) or a save_to_disk directory")
+    split: str = Field("train", min_length=1, max_length=200)
+    text_field: str = Field("text", min_length=1, max_length=200)
     sequences: Sequences = Field("document_start", description=SEQUENCES_DOC)
     held_out: float = Field(0.01, gt=0.0, le=0.5, description="share of documents held out (by a hash of the id)")
 
 
-DataSpec = Annotated[SyntheticData | TextData | HFData, Field(discriminator="kind")]
+def _data_kind(value: Any) -> str:
+    """A data section's kind; a section that names none is text (RunSpec's default)."""
+    return value.get("kind", "text") if isinstance(value, dict) else getattr(value, "kind", "text")
+
+
+DataSpec = Annotated[
+    Annotated[SyntheticData, Tag("synthetic")] | Annotated[TextData, Tag("text")] | Annotated[HFData, Tag("hf")],
+    Discriminator(_data_kind),
+]
 
 
 class TrainSpec(Strict):
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(1000, ge=1, le=10_000_000)
     seq_len: int = Field(64, ge=2, le=2048)
-    micro_batch: int = Field(8, ge=1, description="sequences per worker per forward")
-    global_batch: int = Field(32, ge=1, description="sequences per optimizer step, all workers together")
+    micro_batch: int = Field(8, ge=1, le=65_536, description="sequences per worker per forward")
+    global_batch: int = Field(32, ge=1, le=1_048_576, description="sequences per optimizer step, all workers together")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    checkpoint_interval: int = Field(0, ge=0, description="steps between checkpoints; 0: only at the end")
+    checkpoint_interval: int = Field(
+        0, ge=0, le=10_000_000, description="steps between checkpoints; 0: only at the end"
+    )
 
 
 class OptimizerSpec(Strict):
-    lr: float | None = Field(None, gt=0.0, description="None: the size's Pythia learning rate")
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(1e-8, gt=0.0)
-    weight_decay: float = Field(0.1, ge=0.0)
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="None: the size's Pythia learning rate")
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.95)
+    eps: float = Field(1e-8, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0)
     warmup_frac: float = Field(0.01, ge=0.0, lt=1.0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine decays to this fraction of lr")
-    clip: float = Field(1.0, ge=0.0, description="gradient-norm clipping; 0: none")
+    clip: float = Field(1.0, ge=0.0, le=1e6, description="gradient-norm clipping; 0: none")
 
 
 class ResourceSpec(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 0
-    workers: int = Field(1, ge=1)
-    gpus_per_worker: float = Field(0.0, ge=0.0)
-    cpus_per_worker: float = Field(1.0, gt=0.0)
+    workers: int = Field(1, ge=1, le=1024)
+    gpus_per_worker: float = Field(0.0, ge=0.0, le=16.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=512.0)
     placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Ray placement of the workers over nodes (STRICT_SPREAD: one per node)"
     )
 
 
 class EvalSpec(Strict):
-    held_out_sequences: int = Field(256, ge=1)
-    interval: int = Field(0, ge=0, description="steps between evaluations; 0: only at the end")
+    held_out_sequences: int = Field(256, ge=1, le=1_000_000)
+    interval: int = Field(0, ge=0, le=10_000_000, description="steps between evaluations; 0: only at the end")
     per_position: bool = True
     probes: bool = Field(True, description="synthetic data: linear probes of sin(b·x) per layer and lag")
 
@@ -145,7 +197,12 @@ class TrackingSpec(Strict):
 
 
 class RunSpec(Strict):
-    name: str | None = Field(None, description="run id; also the Ray Train run name (checkpoints resume by it)")
+    name: str | None = Field(
+        None,
+        max_length=160,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="run id; also the Ray Train run name (checkpoints resume by it)",
+    )
     model: ModelSpec = ModelSpec()
     attention: AttentionSpec = AttentionSpec()
     protocol: ProtocolSpec = ProtocolSpec()
@@ -154,7 +211,7 @@ class RunSpec(Strict):
     optimizer: OptimizerSpec = OptimizerSpec()
     resources: ResourceSpec = ResourceSpec()
     eval: EvalSpec = EvalSpec()
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     tracking: TrackingSpec = TrackingSpec()
     storage_path: str | None = Field(None, description="Ray Train storage (checkpoints); None: the data dir")
 

@@ -63,7 +63,7 @@ def test_submit_list_get_cancel(server):
             (s, seed, arm) for s in ("14m", "70m") for seed in (0, 1) for arm in ("vanilla", "myopic")
         }
         assert all(x["status"] == "queued" for x in sweep["runs"])
-        assert [x["id"] for x in c.get("/v1/sweeps").json()] == [sweep["id"]]
+        assert [x["id"] for x in c.get("/v1/sweeps").json()["items"]] == [sweep["id"]]
         assert c.get(f"/v1/sweeps/{sweep['id']}").json()["runs"] == sweep["runs"]
         run = c.get(f"/v1/runs/{sweep['runs'][0]['id']}").json()
         assert [e["status"] for e in run["events"]] == ["queued"]
@@ -76,10 +76,12 @@ def test_submit_list_get_cancel(server):
 def test_idempotency_key_returns_the_same_sweep(server):
     with httpx.Client(base_url=server.url) as c:
         first = c.post("/v1/sweeps", json=REQUEST, headers={"Idempotency-Key": "abc"})
-        again = c.post("/v1/sweeps", json={**REQUEST, "seeds": [7]}, headers={"Idempotency-Key": "abc"})
+        again = c.post("/v1/sweeps", json=REQUEST, headers={"Idempotency-Key": "abc"})
         assert (first.status_code, again.status_code) == (201, 200)
         assert again.json()["id"] == first.json()["id"] and len(again.json()["runs"]) == 8
-        assert len(c.get("/v1/sweeps").json()) == 1
+        other = c.post("/v1/sweeps", json={**REQUEST, "seeds": [7]}, headers={"Idempotency-Key": "abc"})
+        assert other.status_code == 409 and other.json()["error"] == "conflict"
+        assert len(c.get("/v1/sweeps").json()["items"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -101,7 +103,7 @@ def test_bad_requests_are_422_naming_the_field(server, change, field):
     body = r.json()
     assert body["error"] == "validation" and field in body["message"]
     assert any(d["field"] == field for d in body["detail"])
-    assert httpx.get(f"{server.url}/v1/sweeps").json() == []  # nothing stored
+    assert httpx.get(f"{server.url}/v1/sweeps").json()["items"] == []  # nothing stored
 
 
 def test_presets_over_http(server):
@@ -157,16 +159,17 @@ def test_a_restarted_control_plane_finds_its_sweeps(server):
     server.stop()
     server.start()
     assert httpx.get(f"{server.url}/v1/sweeps/{sweep['id']}").json()["runs"] == sweep["runs"]
-    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "database": "ok"}
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "database": "ok"}  # no job server here
     assert "/v1/sweeps" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
 
 
-def test_results_document_and_plot(server, tmp_path):
+def test_results_document_and_plot(tmp_path):
     """Finished runs' results (as trainers.entry returns them) turn into per-size gaps, a fit and a PNG."""
     from scipy import stats
 
     from services.store import Run, connect
 
+    server = Server(Settings(data_dir=tmp_path, resource_profile="gpu")).start()  # 1b plans on GPUs only
     body = {**REQUEST, "sizes": ["14m", "160m", "1b"], "seeds": [0, 1, 2]}
     sweep = httpx.post(f"{server.url}/v1/sweeps", json=body).json()
     vanilla = {"14m": 4.11, "160m": 3.03, "1b": 2.62}
@@ -190,6 +193,7 @@ def test_results_document_and_plot(server, tmp_path):
     png = httpx.get(f"{server.url}/v1/sweeps/{sweep['id']}/results.png")
     assert png.headers["content-type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "results.png").write_bytes(png.content)
+    server.stop()
 
 
 def test_cancel_and_retry_one_run(server):
@@ -245,7 +249,7 @@ def test_schedules_over_http(server):
         assert bad.status_code == 422 and "template.seeds" in bad.json()["message"]
         made = c.post("/v1/schedules", json={"name": "nightly", "cron": "0 3 * * *", "template": REQUEST})
         assert made.status_code == 201 and made.json()["last_sweep_id"] is None
-        assert [x["id"] for x in c.get("/v1/schedules").json()] == [made.json()["id"]]
+        assert [x["id"] for x in c.get("/v1/schedules").json()["items"]] == [made.json()["id"]]
         assert c.delete(f"/v1/schedules/{made.json()['id']}").status_code == 204
-        assert c.get("/v1/schedules").json() == []
+        assert c.get("/v1/schedules").json()["items"] == []
         assert c.delete(f"/v1/schedules/{made.json()['id']}").status_code == 404

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 
 from api.demo import free_port, wait_ready
 from cluster.jobs import Jobs
+from cluster.local import EmbeddedHead
 from services.planner import SweepRequest
 from services.reconciler import Reconciler
 from services.store import connect
@@ -39,14 +39,15 @@ SWEEP = {
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
+    """An embedded head (its own ports, token auth) as `myopia serve` starts one; its jobs find the DeepSpeed op
+    built once in the usual cache."""
     root = tmp_path_factory.mktemp("cp")
     cache = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")) / "torch_extensions"
     os.environ["TORCH_EXTENSIONS_DIR"] = str(cache)
-    from cluster.local import ensure_ray
-
-    address = ensure_ray(num_cpus=2, jobs=True)
-    yield {"root": root, "jobs": Jobs(address), "address": address}
-    ray.shutdown()
+    h = EmbeddedHead(num_cpus=2).start()
+    jobs = Jobs(lambda: h.jobs_address, token=h.token, log_dir=lambda: h.log_dir)
+    yield {"root": root, "jobs": jobs, "address": h.jobs_address, "head": h}
+    h.stop()
 
 
 def reconciler(head, db, **kw) -> Reconciler:
@@ -69,6 +70,7 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     the same database: the sweep finishes, one job per run, with the gap in the API and in MLflow."""
     env = {
         **os.environ,
+        **head["head"].env,  # the cluster's token
         "RAY_ADDRESS": head["address"],
         "MYOPIA_JOB_PYTHON": sys.executable,
         "MYOPIA_DATA_DIR": str(head["root"]),

@@ -38,7 +38,7 @@ def test_each_tick_fires_exactly_once_and_links_the_sweeps(db):
     assert scheduler.tick(db, T0 + timedelta(minutes=20)) == []  # same tick (03:00): nothing new
     second = scheduler.tick(db, T0 + timedelta(hours=1))  # 04:00
     assert len(second) == 1
-    sweeps = {s.id: s for s in list_sweeps(db)}
+    sweeps = {i["sweep"].id: i["sweep"] for i in list_sweeps(db)[0]}
     assert len(sweeps) == 2 and sweeps[second[0]].previous_sweep_id == first[0]
     assert sweeps[first[0]].schedule_id == sweeps[second[0]].schedule_id is not None
 
@@ -50,13 +50,13 @@ def test_a_tick_repeated_after_a_crash_makes_no_second_sweep(db):
         row = s.get(type(schedule), schedule.id)
         row.last_fired_at, row.last_sweep_id = None, None
     again = scheduler.tick(db, T0 + timedelta(seconds=5))  # a restarted control plane, same tick
-    assert len(list_sweeps(db)) == 1 and len(again) == 1
+    assert len(list_sweeps(db)[0]) == 1 and len(again) == 1
 
 
 def test_missed_ticks_collapse_into_one(db):
     add(db)
     created = scheduler.tick(db, T0 + timedelta(hours=5))  # down for five ticks
-    assert len(created) == 1 and len(list_sweeps(db)) == 1
+    assert len(created) == 1 and len(list_sweeps(db)[0]) == 1
 
 
 def test_deleted_schedules_stop_and_bad_cron_is_named(db):

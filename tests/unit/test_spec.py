@@ -28,7 +28,7 @@ def test_json_round_trip():
         ({"attention": {"beta": 2}}, "attention.beta"),
         ({"protocol": {"kind": "finetune"}}, "protocol.checkpoint"),
         ({"train": {"micro_batch": 3, "global_batch": 8}}, "train.global_batch"),
-        ({"model": {"overrides": {"hidden_size": "wide"}}}, "model.overrides"),
+        ({"model": {"overrides": {"hidden_size": "wide"}}}, "model.overrides.hidden_size"),
     ],
 )
 def test_bad_specs_name_what_is_wrong(doc, names):

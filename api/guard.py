@@ -1,0 +1,60 @@
+"""What happens before a request reaches a route: the bearer token checked before the body is read, and the body
+read only up to its cap (a pure ASGI middleware: nothing is parsed before both pass)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int, protected_prefix: str = "/v1") -> None:
+        self.app, self.token, self.max_body, self.prefix = app, token, max_body, protected_prefix
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.token is not None and scope["path"].startswith(self.prefix) and not self._authorized(headers):
+            return await _answer(send, 401, "unauthorized", "a bearer token is required: Authorization: Bearer <token>",
+                                 {"www-authenticate": "Bearer"})  # fmt: skip
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            return await _answer(send, 413, "too_large", f"request bodies are limited to {self.max_body:,} bytes")
+        body, more = bytearray(), True
+        while more:  # read it all here, up to the cap, whatever the sender claimed
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                return await _answer(send, 413, "too_large", f"request bodies are limited to {self.max_body:,} bytes")
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(token.encode(), self.token.encode())
+
+
+async def _answer(send: Callable, code: int, kind: str, message: str, extra: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": kind, "message": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
