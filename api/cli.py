@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -123,6 +124,7 @@ def serve(host: str, port: int) -> None:
         # one head per store: another control plane (the demo's, say) never adopts this one's
         store = hashlib.sha256(settings.database.encode()).hexdigest()[:12]
         head = EmbeddedHead.open(settings.data_dir.expanduser() / f"ray-head-{store}.json")
+        os.environ.update(head.env)  # this process's Ray clients speak to this head, with its token
         jobs = Jobs(lambda: head.jobs_address, token=head.token, log_dir=lambda: head.log_dir)
     where = settings.ray_address or f"an embedded head ({head.jobs_address}, token auth, pid {head.pid})"
     console.print(f"Ray jobs at {where}; database {settings.database}; MLflow {settings.mlflow}")

@@ -9,6 +9,7 @@ Ray driver, for one-off runs (`myopia train`, the benches, the tests).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -34,12 +35,14 @@ PORT_FLAGS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--
 
 
 def configure_loopback() -> None:
-    """Entry points call this before anything imports ray: a local head must stay on loopback."""
+    """Entry points call this before anything imports ray: a local head must stay on loopback, and uses token auth
+    with a token of this process's own (explicitly: Ray would otherwise adopt whatever token another Ray on the
+    host left in ~/.ray)."""
     if os.environ.get("RAY_ADDRESS"):
         return
     if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
         raise RuntimeError("ray was imported before cluster.local.configure_loopback(): call it first")
-    for key, value in LOOPBACK_ENV.items():
+    for key, value in {**LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}.items():
         os.environ.setdefault(key, value)
 
 
@@ -62,7 +65,7 @@ class EmbeddedHead:
 
     def __init__(self, num_cpus: int | None = None, token: str | None = None, state_file: Path | None = None) -> None:
         self.num_cpus = num_cpus or os.cpu_count() or 1
-        self.token = token or secrets.token_hex(16)
+        self.token = token or os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(16)
         self.state_file = state_file
         self.proc: subprocess.Popen | None = None
         self.pid: int | None = None
@@ -192,9 +195,13 @@ def _kill_processes_under(temp_dir: Path) -> None:
             pass
 
 
+_driver_head: EmbeddedHead | None = None  # the head `ensure_ray` started for this process
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect this process as a Ray driver: to RAY_ADDRESS if set, else to a new local head on loopback (stopped
-    when the process exits)."""
+    """Connect this process as a Ray driver: to RAY_ADDRESS if set, else to an embedded head of its own (every port
+    free-picked, stopped when the process exits or at `stop_ray`)."""
+    global _driver_head
     configure_loopback()
     import ray
 
@@ -203,15 +210,18 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
         return
-    ray.init(
-        address="local",
-        num_cpus=num_cpus or os.cpu_count(),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    outside = [n["NodeManagerAddress"] for n in ray.nodes() if n["NodeManagerAddress"] != "127.0.0.1"]
-    if outside:
-        ray.shutdown()
-        raise RuntimeError(f"the local Ray head bound {outside}, not loopback: call configure_loopback() first")
+    if _driver_head is None or not _driver_head.answers():
+        _driver_head = EmbeddedHead(num_cpus).start()
+        atexit.register(_driver_head.stop)
+    ray.init(address=_driver_head.gcs_address, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def stop_ray() -> None:
+    """Disconnect, and stop the head `ensure_ray` started."""
+    global _driver_head
+    import ray
+
+    ray.shutdown()
+    if _driver_head is not None:
+        _driver_head.stop()
+        _driver_head = None

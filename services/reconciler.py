@@ -89,6 +89,9 @@ class Reconciler:
                 return {run.sweep_id}
         except Exception as e:  # noqa: BLE001 - isolate the run: whatever it raised, the others go on
             log.exception("run %s", run_id)
+            if why := self.jobs.unreachable():  # the cluster went away mid-tick: not the run's failure
+                self.cluster_error = why
+                return set()
             with self.db.begin() as s:
                 run = s.get(Run, run_id)
                 self._failed(run, f"control plane: {type(e).__name__}: {e}"[:2000], permanent=False)

@@ -15,6 +15,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from api.demo import free_port
+from cluster.jobs import Jobs
+from cluster.local import EmbeddedHead
 
 
 def _pg_bin() -> Path:
@@ -60,3 +62,16 @@ def database_url(request, tmp_path) -> str:
         c.execute(text(f"CREATE DATABASE {name}"))
     engine.dispose()
     return f"{server}/{name}"
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """An embedded head (its own ports, token auth) as `myopia serve` starts one; its jobs find the DeepSpeed op
+    built once in the usual cache."""
+    root = tmp_path_factory.mktemp("cp")
+    cache = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")) / "torch_extensions"
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(cache)
+    h = EmbeddedHead(num_cpus=2).start()
+    jobs = Jobs(lambda: h.jobs_address, token=h.token, log_dir=lambda: h.log_dir)
+    yield {"root": root, "jobs": jobs, "address": h.jobs_address, "head": h}
+    h.stop()

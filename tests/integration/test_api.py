@@ -25,13 +25,15 @@ REQUEST = {
 class Server:
     """uvicorn in a thread; stop() and start() again on the same database, as a restarted control plane."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, jobs=None) -> None:
+        self.settings, self.jobs = settings, jobs
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
-        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            create_app(self.settings, self.jobs), host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

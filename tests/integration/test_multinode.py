@@ -10,21 +10,28 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from cluster.local import free_port, stop_ray
 from services.planner import preset_run
 from trainers.entry import run
 
 pytestmark = pytest.mark.slow
 
 
+def loopback_ports() -> dict:
+    """Every port a node binds picked free: another Ray on the host (on Ray's defaults) must not collide."""
+    return {"node_ip_address": "127.0.0.1", "dashboard_agent_listen_port": free_port(),
+            "metrics_export_port": free_port(), "runtime_env_agent_port": free_port()}  # fmt: skip
+
+
 @pytest.fixture
 def two_nodes(tmp_path, monkeypatch):
-    ray.shutdown()  # (another module's head, if one is up)
+    stop_ray()  # (another module's head, if one is up)
     cache = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")) / "torch_extensions"
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(cache))
     monkeypatch.setenv("MYOPIA_DATA_DIR", str(tmp_path))
     # The head holds two CPUs (room for both workers: the single-node run), the second node one.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1"})
-    cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, **loopback_ports()})
+    cluster.add_node(num_cpus=1, **loopback_ports())
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2

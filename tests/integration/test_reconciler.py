@@ -6,19 +6,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from api.demo import free_port, wait_ready
-from cluster.jobs import Jobs
-from cluster.local import EmbeddedHead
 from services.planner import SweepRequest
 from services.reconciler import Reconciler
+from services.settings import Settings
 from services.store import connect
 from services.sweeps import cancel_sweep, create_sweep, get_sweep
+from tests.integration.serving import until
 from trainers.job_protocol import progress_file, run_storage
 
 pytestmark = pytest.mark.slow
@@ -37,32 +36,10 @@ SWEEP = {
 }
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    """An embedded head (its own ports, token auth) as `myopia serve` starts one; its jobs find the DeepSpeed op
-    built once in the usual cache."""
-    root = tmp_path_factory.mktemp("cp")
-    cache = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")) / "torch_extensions"
-    os.environ["TORCH_EXTENSIONS_DIR"] = str(cache)
-    h = EmbeddedHead(num_cpus=2).start()
-    jobs = Jobs(lambda: h.jobs_address, token=h.token, log_dir=lambda: h.log_dir)
-    yield {"root": root, "jobs": jobs, "address": h.jobs_address, "head": h}
-    h.stop()
-
-
 def reconciler(head, db, **kw) -> Reconciler:
     # the job's driver and its Ray Train worker each hold a CPU of the two: one run at a time
     env = {"MYOPIA_DATA_DIR": str(head["root"])}
     return Reconciler(db, head["jobs"], head["root"], max_concurrent=1, job_env=env, **kw)
-
-
-def until(predicate, timeout: float = 400, step: float = 2.0, tick=None):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        if tick:
-            tick()
-        time.sleep(step)
 
 
 def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
@@ -184,3 +161,23 @@ def test_a_failed_attempt_is_retried_and_resumes_from_its_checkpoint(head, tmp_p
     assert any(e.status == "queued" and e.message.startswith("retry") for e in run.events)
     assert run.result["steps"] == 400 and run.result["name"] == run.id
     assert run.result["resumed_from"] in (100, 200)  # not from scratch
+    check_logs(head, db, run.id)
+
+
+def check_logs(head, db, run_id: str) -> None:
+    """The run's log over HTTP: a tail, a byte range, and no more than asked for."""
+    from tests.integration.test_api import Server
+
+    server = Server(Settings(data_dir=head["root"], database_url=str(db.kw["bind"].url)), jobs=head["jobs"]).start()
+    try:
+        whole = head["jobs"].logs(f"{run_id}-a1").encode()
+        tail = httpx.get(f"{server.url}/v1/runs/{run_id}/logs", params={"tail": 200})
+        assert (
+            tail.status_code == 200 and tail.content == whole[-200:] and int(tail.headers["X-Log-Size"]) >= len(whole)
+        )
+        part = httpx.get(f"{server.url}/v1/runs/{run_id}/logs", params={"offset": 10, "length": 50}).content
+        assert part == whole[10:60]
+        too_much = httpx.get(f"{server.url}/v1/runs/{run_id}/logs", params={"tail": 2**21})
+        assert too_much.status_code == 422 and too_much.json()["detail"][0]["field"] == "tail"
+    finally:
+        server.stop()

@@ -91,3 +91,15 @@ def test_drift_is_a_welch_test_against_the_previous_sweep(db):
     finish(db, third, [0.41, 0.44])
     assert sweep_results(db, third)["sizes"][0]["drift"] is False
     assert drift([0.1], [0.2, 0.3]) == Drift(test="cannot test: n < 2 (previous 1, now 2)", p_value=None, drift=None)
+
+
+def test_a_failing_schedule_does_not_stop_the_others(db):
+    """A schedule whose stored template no longer plans (written by an older version, say) is skipped and logged;
+    the good one beside it fires."""
+    bad = add(db)
+    with db.begin() as s:
+        s.get(type(bad), bad.id).template = {**TEMPLATE, "run": {"train": {"steps": 0}}}
+    good = add(db)
+    (created,) = scheduler.tick(db, T0)
+    assert {i["sweep"].schedule_id for i in list_sweeps(db)[0]} == {good.id}
+    assert created

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import ray
 
 from services.planner import preset_run
 from services.presets import DP_MODEL
@@ -33,11 +32,11 @@ def env(tmp_path_factory):
     os.environ["MYOPIA_DATA_DIR"] = str(root)
     os.environ["TORCH_EXTENSIONS_DIR"] = str(cache)  # DeepSpeed's JIT-built op: build once, not per test
     corpora.fetch(["wiki"], root, log=lambda _: None)
-    from cluster.local import ensure_ray
+    from cluster.local import ensure_ray, stop_ray
 
     ensure_ray(num_cpus=2)
     yield {"root": root, "mlflow": f"sqlite:///{root / 'mlflow.db'}"}
-    ray.shutdown()
+    stop_ray()
     if old is None:
         os.environ.pop("MYOPIA_DATA_DIR")
     else:

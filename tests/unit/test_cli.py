@@ -40,3 +40,11 @@ def test_zoo_and_presets_list():
     assert all(name in out for name in ("synthetic-paper", "synthetic-cpu", "text-cpu", "pythia-paper"))
     assert "pythia-paper (sizes 14m, 31m, 70m, 160m, 410m, 1b, 1.4b, 2.8b; 1 seed(s))" in out
     assert "differs from the paper: data: the deduplicated Pile as text" in out
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token(monkeypatch, tmp_path):
+    monkeypatch.delenv("MYOPIA_API_TOKEN", raising=False)
+    monkeypatch.setenv("MYOPIA_DATA_DIR", str(tmp_path))
+    result = invoke("serve", "--host", "0.0.0.0")
+    assert result.exit_code == 1 and "refusing to serve on 0.0.0.0 without a token" in result.output
+    assert "MYOPIA_API_TOKEN" in result.output and not list(tmp_path.iterdir())  # nothing started
