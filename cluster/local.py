@@ -171,7 +171,7 @@ class EmbeddedHead:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(30)
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
@@ -187,12 +187,27 @@ def _kill_processes_under(temp_dir: Path) -> None:
     import psutil
 
     mark = str(temp_dir)
+    killed = []
     for p in psutil.process_iter(["cmdline"]):
         try:
             if any(mark in part for part in p.info["cmdline"] or ()):
                 p.kill()
+                killed.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
+    deadline = time.monotonic() + 10
+    while killed and time.monotonic() < deadline:  # gone, or dead and waiting for a parent to reap it
+        killed = [p for p in killed if _lives(p)]
+        time.sleep(0.1)
+
+
+def _lives(p) -> bool:
+    import psutil
+
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 _driver_head: EmbeddedHead | None = None  # the head `ensure_ray` started for this process

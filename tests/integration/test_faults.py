@@ -21,7 +21,7 @@ from cluster.jobs import Jobs
 from services.planner import SweepRequest
 from services.reconciler import Reconciler
 from services.store import connect
-from services.sweeps import create_sweep, get_sweep
+from services.sweeps import create_sweep, get_run, get_sweep
 from tests.integration.serving import ServeProcess, until
 from tests.integration.test_reconciler import SWEEP
 
@@ -64,7 +64,7 @@ def test_a_poisoned_run_and_a_failing_submission_do_not_stop_the_queue(head, tmp
     assert run.error.startswith("data error:") and str(missing) in run.error
     done = get_sweep(db, healthy.id)
     assert done.status == "succeeded", [(r.id, r.status, r.error) for r in done.runs]
-    flaky = next(r for r in done.runs if r.id == flaky_run)
+    flaky = get_run(db, flaky_run)
     events = [e.message or "" for e in flaky.events]
     assert sum("No available agent" in m for m in events) == 2 and flaky.failures == 2  # the cause, twice
     assert any(m.startswith("retry in 1 s") for m in events) and any(m.startswith("retry in 2 s") for m in events)

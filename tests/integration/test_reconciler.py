@@ -16,7 +16,7 @@ from services.planner import SweepRequest
 from services.reconciler import Reconciler
 from services.settings import Settings
 from services.store import connect
-from services.sweeps import cancel_sweep, create_sweep, get_sweep
+from services.sweeps import cancel_sweep, create_sweep, get_run, get_sweep
 from tests.integration.serving import until
 from trainers.job_protocol import progress_file, run_storage
 
@@ -154,7 +154,7 @@ def test_a_failed_attempt_is_retried_and_resumes_from_its_checkpoint(head, tmp_p
     until(past_second_checkpoint, step=0.2)
     head["jobs"].client.stop_job(f"{run.id}-a0")
     until(lambda: get_sweep(db, sweep.id).status in ("succeeded", "failed"), tick=rec.tick)
-    (run,) = get_sweep(db, sweep.id).runs
+    run = get_run(db, get_sweep(db, sweep.id).runs[0].id)
     assert run.status == "succeeded" and run.attempt == 1, run.error
     assert head["jobs"].status(f"{run.id}-a0").value == "STOPPED"
     assert [e.status for e in run.events][:3] == ["queued", "submitted", "running"]
