@@ -30,6 +30,8 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None, head:
         background.start()
         yield
         background.stop()
+        if head is not None:  # here, not after uvicorn returns: it re-raises SIGTERM once the app has shut down
+            head.stop()
 
     app = FastAPI(
         title="myopia",

@@ -109,7 +109,7 @@ def decode_cursor(cursor: str, n: int) -> list[str]:
         assert isinstance(parts, list) and len(parts) == n and all(isinstance(p, str) for p in parts)
         return parts
     except (ValueError, AssertionError, TypeError):
-        raise InvalidRequest([("cursor", "not a cursor this API returned")]) from None
+        raise InvalidRequest([("query.cursor", "not a cursor this API returned")]) from None
 
 
 def _require(s: Session, model: type[Sweep] | type[Run], key: str):

@@ -176,7 +176,7 @@ def test_lists_come_a_page_at_a_time_with_utc_times(server):
     rest = httpx.get(f"{server.url}/v1/sweeps/{ids[0]}/runs", params={"cursor": runs["next_cursor"]}, headers=AUTH)
     assert len(runs["items"]) == 3 and len(rest.json()["items"]) == 5 and rest.json()["next_cursor"] is None
     bad = httpx.get(f"{server.url}/v1/sweeps", params={"cursor": "garbage"}, headers=AUTH)
-    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "cursor"
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "query.cursor"
 
 
 def test_a_schedule_that_never_fires_is_refused(server):

@@ -178,6 +178,6 @@ def check_logs(head, db, run_id: str) -> None:
         part = httpx.get(f"{server.url}/v1/runs/{run_id}/logs", params={"offset": 10, "length": 50}).content
         assert part == whole[10:60]
         too_much = httpx.get(f"{server.url}/v1/runs/{run_id}/logs", params={"tail": 2**21})
-        assert too_much.status_code == 422 and too_much.json()["detail"][0]["field"] == "tail"
+        assert too_much.status_code == 422 and too_much.json()["detail"][0]["field"] == "query.tail"
     finally:
         server.stop()
