@@ -28,11 +28,11 @@ def main() -> None:
 
 @main.command()
 def zoo() -> None:
-    """The Pythia sizes with their parameter counts."""
-    from trainers.models import PYTHIA_SIZES
+    """The sizes (Pythia's and the scaled-down CPU shapes) with their parameter counts."""
+    from trainers.models import SIZES
 
     table = Table("size", "layers", "hidden", "heads", "params", "non-embedding", "lr")
-    for s in PYTHIA_SIZES.values():
+    for s in SIZES.values():
         table.add_row(
             s.name,
             str(s.layers),
@@ -61,7 +61,7 @@ def demo(port: int, json_out: str | None) -> None:
 @click.option("--preset", "preset_name", help="a named sweep's run instead of a spec file (see `myopia presets`)")
 @click.option("--size", help="with --preset: the Pythia size (default: the preset's first)")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="with --preset: the seed (default: the first)")
-@click.option("--arm", type=click.Choice(["vanilla", "myopic"]), help="override attention.mode")
+@click.option("--arm", type=click.Choice(["vanilla", "myopic", "bigram"]), help="override attention.mode")
 @click.option("--steps", type=click.IntRange(min=1), help="override train.steps")
 @click.option("--mlflow-uri", help="override tracking.mlflow_uri (default: the local store in the data dir)")
 @click.option("--out", type=click.Path(dir_okay=False), help="write the result JSON here")
@@ -208,8 +208,9 @@ def _train(spec) -> dict:
     from trainers import corpora
     from trainers.entry import run
 
-    if spec.data.kind == "text" and spec.data.corpus in corpora.CORPORA:
-        corpora.fetch([spec.data.corpus], log=console.print)  # once; later calls find it in the data dir
+    names = corpora.corpus_names(spec.data.corpus) if spec.data.kind == "text" else None
+    if names:
+        corpora.fetch(names, log=console.print)  # once; later calls find it in the data dir
     ensure_ray()
     loss = TextColumn("loss {task.fields[loss]:.3f}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), loss, TimeElapsedColumn())

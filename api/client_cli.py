@@ -61,26 +61,44 @@ def runs_table(sweep: dict[str, Any]) -> Table:
     return table
 
 
+def _interval(ci: list[float] | None, why_none: str = "-") -> str:
+    return why_none if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
 def results_table(res: dict[str, Any]) -> Table:
     drift = any("test" in s for s in res["sizes"])
-    columns = ["size", "non-embedding params", "pairs", "vanilla", "myopic", "gap", "95% CI over seeds"]
-    table = Table(*columns, *(["drift (Welch)"] if drift else []), title="myopia gap")
+    bigram = any(s.get("bigram_loss_mean") is not None for s in res["sizes"])
+    columns = ["size", "non-embedding params", "pairs", "vanilla", "myopic", *(["bigram"] if bigram else []), "gap"]
+    columns += ["95% CI over seeds", "95% CI over held-out seqs"]
+    columns += ["share of context benefit lost"] if bigram else []
+    table = Table(*columns, *(["drift (Welch)"] if drift else []), title="myopia gap (myopic − vanilla)")
     for s in res["sizes"]:
-        ci = "- (one pair)" if s["gap_ci95"] is None else f"[{s['gap_ci95'][0]:+.4f}, {s['gap_ci95'][1]:+.4f}]"
         row = [
             s["size"],
             f"{s['n_params_nonembedding']:,}",
             str(s["n_pairs"]),
             f"{s['vanilla_loss_mean']:.4f}",
             f"{s['myopic_loss_mean']:.4f}",
+            *([_number(s.get("bigram_loss_mean"), ".4f")] if bigram else []),
             f"{s['gap_mean']:+.4f}",
-            ci,
+            _interval(s["gap_ci95"], "- (one pair)"),
+            _interval(s.get("gap_eval_ci95")),
         ]
+        if bigram:
+            share = s.get("share_lost")
+            ci = s.get("share_lost_ci95") or s.get("share_lost_eval_ci95")
+            which = "seeds" if s.get("share_lost_ci95") else "seqs"
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}] ({which})" if ci else ""
+            row.append("-" if share is None else f"{share:.3f}{interval}")
         if drift:
             moved = "yes" if s.get("drift") else "no"
             row.append(s["test"] if s.get("p_value") is None else f"{moved}, p = {s['p_value']:.3g}")
         table.add_row(*row)
     return table
+
+
+def _number(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
 
 
 def fit_lines(res: dict[str, Any]) -> list[str]:

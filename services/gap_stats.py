@@ -1,7 +1,13 @@
 """The statistics of the myopia gap.
 
-- Per size: the mean over seeds of the paired differences (myopic − vanilla) with a 95% t-interval; one pair has
-  no interval (None, never a zero-width one).
+Two intervals, for two sources of variance, each labelled where it is shown:
+- over seeds (training variance): per size, the mean over seeds of the paired differences (myopic − vanilla) with
+  a 95% t-interval; one pair has no such interval (None, never a zero-width one);
+- over held-out sequences (evaluation variance): the arms of a pair are scored on the same held-out sequences, so
+  the per-sequence differences (averaged over the size's seeds) give a paired t-interval even for a single pair.
+  It says how well the evaluation set pins this model's gap down, not how a retrained model would land.
+With a bigram arm (each position sees only itself): the share of the context benefit that myopia loses,
+(myopic − vanilla) / (bigram − vanilla), with the same two intervals (over sequences by the delta method).
 - Across sizes: a least-squares line of the gap against log10(non-embedding parameters), weighted by each size's
   standard error where every size has one (else unweighted, and said so), with a 95% t-interval on the slope.
 - Between a scheduled sweep and the one before it: a two-sample Welch test per size, or why it cannot test.
@@ -19,16 +25,24 @@ from scipy import optimize, stats
 DRIFT_ALPHA = 0.05
 
 
+Interval = tuple[float, float]
+
+
 class SizeGap(BaseModel):
     size: str
     n_params_nonembedding: int
     n_pairs: int
     gaps: list[float]  # one per pair (seed)
     gap_mean: float
-    gap_se: float | None  # None with a single pair
-    gap_ci95: tuple[float, float] | None  # None with a single pair: no interval from one difference
+    gap_se: float | None  # over seeds; None with a single pair
+    gap_ci95: Interval | None  # over seeds; None with a single pair: no interval from one difference
+    gap_eval_ci95: Interval | None = None  # over held-out sequences (None where runs recorded no per-sequence loss)
     vanilla_loss_mean: float
     myopic_loss_mean: float
+    bigram_loss_mean: float | None = None
+    share_lost: float | None = None  # gap_mean / (bigram − vanilla)
+    share_lost_ci95: Interval | None = None  # over seeds
+    share_lost_eval_ci95: Interval | None = None  # over held-out sequences
 
 
 class GapFit(BaseModel):
@@ -49,29 +63,66 @@ class Drift(BaseModel):
     drift: bool | None  # the gap moved (p < 0.05); None when it cannot be tested
 
 
-def size_gap(size: str, n_params: int, vanilla: Sequence[float], myopic: Sequence[float]) -> SizeGap:
-    """Paired over seeds: the interval is on the mean of the per-seed differences (myopic − vanilla)."""
-    if len(vanilla) != len(myopic) or not vanilla:
-        raise ValueError("a size needs the same, non-zero number of vanilla and myopic losses (one per seed)")
+def mean_interval(values: Sequence[float]) -> tuple[float, float | None, Interval | None]:
+    """Mean, standard error and 95% t-interval of independent values (no SE or interval from a single value)."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None, None
+    se = float(x.std(ddof=1) / math.sqrt(len(x)))
+    half = float(stats.t.ppf(0.975, len(x) - 1)) * se
+    return mean, se, (mean - half, mean + half)
+
+
+def ratio_interval(num: Sequence[float], den: Sequence[float]) -> Interval | None:
+    """95% interval of mean(num) / mean(den) over paired observations, by the delta method (a t quantile on the
+    linearised ratio); None when the denominator's mean is zero or there are fewer than two pairs."""
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if len(a) < 2 or b.mean() == 0:
+        return None
+    r = a.mean() / b.mean()
+    se = float((a - r * b).std(ddof=1) / math.sqrt(len(a)) / abs(b.mean()))
+    half = float(stats.t.ppf(0.975, len(a) - 1)) * se
+    return (r - half, r + half)
+
+
+def size_gap(
+    size: str,
+    n_params: int,
+    vanilla: Sequence[float],
+    myopic: Sequence[float],
+    *,
+    bigram: Sequence[float] | None = None,
+    per_sequence: dict[str, list[list[float]]] | None = None,
+) -> SizeGap:
+    """One size's gap over its seeds (paired: the interval is on the mean of per-seed differences). `bigram`: the
+    bigram arm's loss per seed. `per_sequence`: arm → one list of held-out per-sequence losses per seed."""
+    if len(vanilla) != len(myopic) or not vanilla or (bigram is not None and len(bigram) != len(vanilla)):
+        raise ValueError("a size needs the same, non-zero number of losses in every arm (one per seed)")
     diffs = [m - v for v, m in zip(vanilla, myopic, strict=True)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se = ci = None
-    if n > 1:
-        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) / math.sqrt(n)
-        half = stats.t.ppf(0.975, n - 1) * se
-        ci = (mean - half, mean + half)
-    return SizeGap(
+    mean, se, ci = mean_interval(diffs)
+    row = SizeGap(
         size=size,
         n_params_nonembedding=n_params,
-        n_pairs=n,
+        n_pairs=len(diffs),
         gaps=diffs,
         gap_mean=mean,
         gap_se=se,
         gap_ci95=ci,
-        vanilla_loss_mean=sum(vanilla) / n,
-        myopic_loss_mean=sum(myopic) / n,
+        vanilla_loss_mean=float(np.mean(vanilla)),
+        myopic_loss_mean=float(np.mean(myopic)),
     )
+    seq = {arm: np.mean(lists, axis=0) for arm, lists in (per_sequence or {}).items() if lists}  # mean over seeds
+    if {"vanilla", "myopic"} <= seq.keys():
+        row.gap_eval_ci95 = mean_interval(seq["myopic"] - seq["vanilla"])[2]
+    if bigram is not None:
+        row.bigram_loss_mean = float(np.mean(bigram))
+        benefit = row.bigram_loss_mean - row.vanilla_loss_mean
+        row.share_lost = mean / benefit if benefit else None
+        row.share_lost_ci95 = ratio_interval(diffs, [b - v for v, b in zip(vanilla, bigram, strict=True)])
+        if {"vanilla", "myopic", "bigram"} <= seq.keys():
+            row.share_lost_eval_ci95 = ratio_interval(seq["myopic"] - seq["vanilla"], seq["bigram"] - seq["vanilla"])
+    return row
 
 
 def fit_gap(points: Sequence[SizeGap], min_params: int = 0) -> GapFit | None:

@@ -30,8 +30,8 @@ from pydantic import (
 from cluster.resources import Placement, placement
 from services.errors import InvalidRequest
 from services.presets import PRESETS, merge
-from trainers.corpora import CORPORA
-from trainers.models import PYTHIA_SIZES, SizeName, count_params
+from trainers.corpora import corpus_names
+from trainers.models import SIZES, SizeName, count_params
 from trainers.myopic import AttentionMode
 from trainers.spec import RunSpec, Strict, check_matched, error_path
 
@@ -82,9 +82,15 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 class SweepRequest(Strict):
     name: str = Field(min_length=1, max_length=200)
-    sizes: list[SizeName] = Field(min_length=1, max_length=len(PYTHIA_SIZES))
+    sizes: list[SizeName] = Field(min_length=1, max_length=len(SIZES))
     seeds: list[Seed] = Field(min_length=1, max_length=100)
-    arms: list[AttentionMode] = Field(default_factory=lambda: ["vanilla", "myopic"], min_length=1, max_length=2)
+    arms: list[AttentionMode] = Field(
+        default_factory=lambda: ["vanilla", "myopic"],
+        min_length=1,
+        max_length=3,
+        description="vanilla and myopic make the pair; bigram (each position sees only itself) is the optional "
+        "reference: the share of the context benefit that myopia loses",
+    )
     preset: PresetName | None = Field(None, description="a named sweep (see `myopia presets`) under the given fields")
     run: RunTemplate = Field(default_factory=RunTemplate, description="a RunSpec template: its sections and fields")
     lr_scale: float = Field(
@@ -140,7 +146,7 @@ def size_spec(request: SweepRequest, size: str, seed: int, profile: str) -> dict
         train["micro_batch"] = where.micro_batch(global_batch, workers)
     optimizer = doc.setdefault("optimizer", {})
     if optimizer.get("lr") is None:
-        optimizer["lr"] = request.lr_by_size.get(size) or request.lr_scale * PYTHIA_SIZES[size].lr
+        optimizer["lr"] = request.lr_by_size.get(size) or request.lr_scale * SIZES[size].lr
     protocol = doc.get("protocol", {})
     if isinstance(protocol.get("checkpoint"), str):  # `{size}` only: a request is data, never a format string
         doc["protocol"] = {**protocol, "checkpoint": protocol["checkpoint"].replace("{size}", size)}
@@ -162,10 +168,9 @@ def plan(request: SweepRequest, *, profile: str = "cpu", allowed_roots: list[Pat
             errors = _paths_outside(base, allowed_roots) + _too_big(base, placement(size, profile), profile)
             if errors:
                 raise InvalidRequest(errors)
-            vanilla, myopic = base.arm("vanilla"), base.arm("myopic")
-            check_matched(vanilla, myopic)
-            both = {"vanilla": vanilla, "myopic": myopic}
-            pairs.append(PlannedPair(size, seed, {arm: both[arm] for arm in request.arms}))
+            arms = {mode: base.arm(mode) for mode in ("vanilla", "myopic", "bigram")}
+            check_matched(*arms.values())
+            pairs.append(PlannedPair(size, seed, {arm: arms[arm] for arm in request.arms}))
     return pairs
 
 
@@ -184,7 +189,7 @@ def _paths_outside(spec: RunSpec, roots: list[Path] | None) -> list[tuple[str, s
     if roots is None:
         return []
     wanted: list[tuple[str, str]] = []
-    if spec.data.kind == "text" and spec.data.corpus not in CORPORA:
+    if spec.data.kind == "text" and not corpus_names(spec.data.corpus):
         wanted.append(("run.data.corpus", spec.data.corpus))
     if spec.data.kind == "hf" and not (HUB_ID.match(spec.data.dataset) and ".." not in spec.data.dataset):
         wanted.append(("run.data.dataset", spec.data.dataset))

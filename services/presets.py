@@ -17,6 +17,7 @@ ALL_SIZES = ["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
 DP_MODEL = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "hidden_act": "relu"}
 CPU_DP_MODEL = {**DP_MODEL, "hidden_size": 64}  # half the width: twice as fast on 2 cores (calibration)
 # The paper's optimiser for both protocols: AdamW (0.9, 0.999), weight decay 0.01, cosine to 0, no clipping.
+LADDER_CORPUS = "wiki+sotu+brown+austen+moby-dick"  # DATA.md's registry corpora, mixed
 PAPER_OPTIMIZER = {"betas": [0.9, 0.999], "weight_decay": 0.01, "min_lr_ratio": 0.0, "clip": 0.0}
 
 
@@ -26,6 +27,7 @@ class Preset:
     sizes: list[str]
     seeds: list[int]
     run: dict[str, Any]
+    arms: list[str] | None = None  # None: vanilla and myopic
     lr_scale: float | None = None
     lr_by_size: dict[str, float] | None = None
     profile: str | None = None  # the resource profile it is meant for, where a command is given none
@@ -34,6 +36,8 @@ class Preset:
     def request(self, name: str) -> dict[str, Any]:
         """The preset as the fields of a sweep request."""
         body: dict[str, Any] = {"name": name, "sizes": self.sizes, "seeds": self.seeds, "run": self.run}
+        if self.arms is not None:
+            body["arms"] = self.arms
         if self.lr_scale is not None:
             body["lr_scale"] = self.lr_scale
         if self.lr_by_size is not None:
@@ -133,6 +137,24 @@ PRESETS: dict[str, Preset] = {
             "optimizer": {"lr": 3e-3, "warmup_frac": 0.01, **PAPER_OPTIMIZER},
             "resources": {"zero_stage": 0, "workers": 1},
             "eval": {"held_out_sequences": 2048},
+        },
+    ),
+    "cpu-ladder": Preset(
+        doc="A text scaling ladder two CPU cores train in under an hour (docs/results.md): three GPT-NeoX shapes "
+        "from scratch (0.1m, 0.4m and Pythia-14m's, a decade of non-embedding parameters) on the registry corpus "
+        "mix, packed windows of 128 tokens, the 4,095 most frequent training tokens (the rest one id), 3 seeds, "
+        "vanilla, myopic (the paper's `hidden` variant) and the bigram reference; one worker of one core per run.",
+        sizes=["0.1m", "0.4m", "14m"],
+        seeds=[0, 1, 2],
+        arms=["vanilla", "myopic", "bigram"],
+        run={
+            "model": {"vocab_size": 4096},
+            "attention": {"variant": "hidden", "beta": 0.0},
+            "data": {"kind": "text", "corpus": LADDER_CORPUS, "sequences": "packed", "held_out": 0.05},
+            "train": {"steps": 400, "seq_len": 128, "global_batch": 32, "micro_batch": 32},
+            "optimizer": {"lr": 3e-3, "warmup_frac": 0.05},
+            "resources": {"zero_stage": 0, "workers": 1, "cpus_per_worker": 1},
+            "eval": {"held_out_sequences": 1024},
         },
     ),
     "text-cpu": Preset(

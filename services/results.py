@@ -11,11 +11,11 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend
 from sqlalchemy.orm import sessionmaker
 
-from services.gap_stats import SizeGap, drift, fit_gap, size_gap
+from services.gap_stats import SizeGap, drift, fit_gap, mean_interval, size_gap
 from services.store import RunStatus, Sweep
 from services.sweeps import get_sweep
 from trainers.evaluate import headline
-from trainers.models import PYTHIA_SIZES, count_params
+from trainers.models import PYTHIA_SIZES, SIZES, count_params
 
 
 def _loss(result: dict[str, Any]) -> float:
@@ -29,7 +29,8 @@ def _nonembedding(spec: dict[str, Any]) -> int:
 
 
 def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
-    """One row per pair whose two runs both succeeded: losses, gap, and the gap per position."""
+    """One row per pair whose vanilla and myopic runs both succeeded: losses, gap, its interval over held-out
+    sequences, the bigram reference where that arm ran, and the gap per position."""
     arms: dict[str, dict[str, Any]] = defaultdict(dict)
     for run in sweep.runs:
         if run.status == RunStatus.SUCCEEDED and run.result:
@@ -40,6 +41,8 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
         if {"vanilla", "myopic"} <= done.keys():
             v, m = done["vanilla"].result, done["myopic"].result
             pv, pm = v["eval"].get("per_position") or [], m["eval"].get("per_position") or []
+            seq = {arm: run.result["eval"].get("per_sequence") for arm, run in done.items()}
+            b = done["bigram"].result if "bigram" in done else None
             rows.append(
                 {
                     "pair_id": pair.id,
@@ -48,11 +51,35 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
                     "n_params_nonembedding": _nonembedding(done["vanilla"].spec),
                     "vanilla_loss": _loss(v),
                     "myopic_loss": _loss(m),
+                    "bigram_loss": _loss(b) if b else None,
                     "gap": _loss(m) - _loss(v),
+                    "gap_eval_ci95": _eval_interval(seq.get("vanilla"), seq.get("myopic")),
                     "gap_per_position": [b - a for a, b in zip(pv, pm, strict=False)],
+                    "per_sequence": {arm: losses for arm, losses in seq.items() if losses},
                 }
             )
     return rows
+
+
+def _eval_interval(vanilla: list[float] | None, myopic: list[float] | None) -> tuple[float, float] | None:
+    if not vanilla or not myopic or len(vanilla) != len(myopic):
+        return None
+    return mean_interval(np.subtract(myopic, vanilla))[2]
+
+
+def _size_row(size: str, group: list[dict[str, Any]]) -> SizeGap:
+    arms = set.intersection(*(set(r["per_sequence"]) for r in group))
+    lengths = {len(r["per_sequence"][a]) for r in group for a in arms}
+    with_bigram = all(r["bigram_loss"] is not None for r in group)
+    return size_gap(
+        size,
+        group[0]["n_params_nonembedding"],
+        [r["vanilla_loss"] for r in group],
+        [r["myopic_loss"] for r in group],
+        bigram=[r["bigram_loss"] for r in group] if with_bigram else None,
+        # the same held-out set in every pair of the size, else no interval over sequences
+        per_sequence={a: [r["per_sequence"][a] for r in group] for a in arms} if len(lengths) == 1 else None,
+    )
 
 
 def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
@@ -63,14 +90,11 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
     for row in rows:
         by_size[row["size"]].append(row)
     sizes: list[SizeGap] = [
-        size_gap(
-            size,
-            group[0]["n_params_nonembedding"],
-            [r["vanilla_loss"] for r in group],
-            [r["myopic_loss"] for r in group],
-        )
+        _size_row(size, group)
         for size, group in sorted(by_size.items(), key=lambda kv: kv[1][0]["n_params_nonembedding"])
     ]
+    for row in rows:
+        del row["per_sequence"]  # used above; the runs hold them
     fit, fit_large = fit_gap(sizes), fit_gap(sizes, min_params=PYTHIA_SIZES["160m"].n_params_nonembedding())
     rows_out = [s.model_dump() for s in sizes]
     previous = sweep.previous_sweep_id
@@ -100,17 +124,21 @@ def gap_plot(results: dict[str, Any]) -> bytes:
     if sizes:
         x = [s["n_params_nonembedding"] for s in sizes]
         ax1.plot(x, [s["gap_mean"] for s in sizes], "o-", label="mean gap over seeds")
-        ci = [s for s in sizes if s["gap_ci95"]]  # one pair: no interval drawn (none exists)
-        if ci:
-            ax1.errorbar(
-                [s["n_params_nonembedding"] for s in ci],
-                [s["gap_mean"] for s in ci],
-                fmt="none",
-                yerr=[[s["gap_mean"] - s["gap_ci95"][0] for s in ci], [s["gap_ci95"][1] - s["gap_mean"] for s in ci]],
-                capsize=4,
-                color="C0",
-                label="95% CI over seeds",
-            )
+        # both intervals, labelled: over seeds (none from one pair) and over held-out sequences (slightly offset)
+        for key, shift, style, label in (
+            ("gap_ci95", 1.0, dict(capsize=4, color="C0"), "95% CI over seeds (training variance)"),
+            ("gap_eval_ci95", 1.06, dict(capsize=2, color="C3", lw=2), "95% CI over held-out sequences"),
+        ):
+            ci = [s for s in sizes if s.get(key)]
+            if ci:
+                ax1.errorbar(
+                    [s["n_params_nonembedding"] * shift for s in ci],
+                    [s["gap_mean"] for s in ci],
+                    fmt="none",
+                    yerr=[[s["gap_mean"] - s[key][0] for s in ci], [s[key][1] - s["gap_mean"] for s in ci]],
+                    label=label,
+                    **style,
+                )
         for s in sizes:
             ax1.annotate(
                 s["size"],
@@ -139,7 +167,7 @@ def gap_plot(results: dict[str, Any]) -> bytes:
     for row in results["pairs"]:
         if row["gap_per_position"]:
             per_size[row["size"]].append(row["gap_per_position"])
-    for size, curves in sorted(per_size.items(), key=lambda kv: PYTHIA_SIZES[kv[0]].n_params_nonembedding()):
+    for size, curves in sorted(per_size.items(), key=lambda kv: SIZES[kv[0]].n_params_nonembedding()):
         n = min(len(c) for c in curves)
         ax2.plot([sum(c[i] for c in curves) / len(curves) for i in range(n)], label=size)
     ax2.axhline(0, color="black", lw=0.5)

@@ -99,6 +99,8 @@ def _report_pair(client: MlflowClient, pair: Pair, row: dict[str, Any] | None) -
         "myopic_loss": row["myopic_loss"],
         "n_params_nonembedding": n,
         "log10_n_params_nonembedding": math.log10(n),
+        **_interval_metrics("gap_eval_ci95", row["gap_eval_ci95"]),  # over held-out sequences
+        **({"bigram_loss": row["bigram_loss"]} if row["bigram_loss"] is not None else {}),
     }.items():
         client.log_metric(run_id, key, value)
     if row["gap_per_position"]:
@@ -113,7 +115,14 @@ def _report_pair(client: MlflowClient, pair: Pair, row: dict[str, Any] | None) -
 def _report_sweep(client: MlflowClient, sweep: Sweep, res: dict[str, Any], png: bytes) -> None:
     run_id = sweep.mlflow_run_id
     for row in res["sizes"]:
-        client.log_metric(run_id, f"gap_mean.{row['size']}", row["gap_mean"])
+        size = row["size"]
+        metrics = {f"gap_mean.{size}": row["gap_mean"]}
+        for key in ("gap_ci95", "gap_eval_ci95", "share_lost_ci95", "share_lost_eval_ci95"):  # seeds / sequences
+            metrics.update(_interval_metrics(f"{key}.{size}", row.get(key)))
+        if row.get("share_lost") is not None:
+            metrics[f"share_lost.{size}"] = row["share_lost"]
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
     for fit in ("fit", "fit_from_160m"):
         for key in ("slope", "intercept", "r_squared") if res.get(fit) else ():
             client.log_metric(run_id, f"{fit}.{key}", res[fit][key])
@@ -125,3 +134,8 @@ def _report_sweep(client: MlflowClient, sweep: Sweep, res: dict[str, Any], png: 
         path.write_bytes(png)
         client.log_artifact(run_id, str(path))
     client.set_terminated(run_id, FINAL[sweep.status])
+
+
+def _interval_metrics(key: str, ci: Any) -> dict[str, float]:
+    """An interval as two metrics, `<key>_low` and `<key>_high` (MLflow metrics are scalars)."""
+    return {f"{key}_low": ci[0], f"{key}_high": ci[1]} if ci else {}

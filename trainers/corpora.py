@@ -229,6 +229,13 @@ def tokenizer_path(root: Path | None = None) -> Path:
     return (root or data_dir()) / "tokenizer" / "20B_tokenizer.json"
 
 
+def corpus_names(corpus: str) -> list[str] | None:
+    """The registry corpora a `corpus` field names: one name, or several joined by '+' (a mix); None when it names
+    none (then it is a local path)."""
+    names = corpus.split("+")
+    return names if all(n in CORPORA for n in names) and len(set(names)) == len(names) else None
+
+
 def corpus_path(name: str, root: Path | None = None) -> Path:
     return (root or data_dir()) / "corpora" / f"{name}.jsonl"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
-from trainers.corpora import CORPORA, TOKENIZER, DataError, corpus_path, tokenizer_path
+from trainers.corpora import CORPORA, TOKENIZER, DataError, corpus_names, corpus_path, tokenizer_path
 from trainers.paths import data_dir
 from trainers.spec import HFData, RunSpec, TextData
 
@@ -34,20 +34,22 @@ Documents = Iterable[tuple[str, str]]  # (document id, text)
 
 # ------------------------------------------------------------------------------------------------ documents
 def read_documents(corpus: str, root: Path | None = None) -> tuple[str, list[tuple[str, str]]]:
-    """(key, [(doc id, text)]) for a fetched corpus name or a local text file or folder."""
-    if corpus in CORPORA:
-        path = corpus_path(corpus, root)
-        if not path.exists():
-            raise DataError(f"corpus {corpus!r} is not fetched yet: run `myopia data fetch {corpus}`")
+    """(key, [(doc id, text)]) for a fetched corpus name, a '+'-joined mix of them (ids prefixed by the corpus), or
+    a local text file or folder."""
+    names = corpus_names(corpus)
+    if names:
+        _missing(names, root)
         docs = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            try:
-                d = json.loads(line)
-                docs.append((str(d["id"]), str(d["text"])))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(
-                    f"{path}:{n}: not a {{'id', 'text'}} JSON line; delete the file and fetch again"
-                ) from None
+        for name in names:
+            path = corpus_path(name, root)
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                try:
+                    d = json.loads(line)
+                    docs.append((f"{name}/{d['id']}" if len(names) > 1 else str(d["id"]), str(d["text"])))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise DataError(
+                        f"{path}:{n}: not a {{'id', 'text'}} JSON line; delete the file and fetch again"
+                    ) from None
         return corpus, docs
     path = Path(corpus).expanduser()
     if path.is_dir():
@@ -109,11 +111,9 @@ def hf_documents(source: HFData) -> tuple[str, Iterator[tuple[str, str]]]:
 def check_source(spec: RunSpec) -> None:
     """Cheap checks that a run's data and checkpoint exist where they must be local (DataError names what is not)."""
     if spec.data.kind == "text":
-        if spec.data.corpus in CORPORA:
-            if not corpus_path(spec.data.corpus).exists():
-                raise DataError(
-                    f"corpus {spec.data.corpus!r} is not fetched yet: run `myopia data fetch {spec.data.corpus}`"
-                )
+        names = corpus_names(spec.data.corpus)
+        if names:
+            _missing(names)
         elif not Path(spec.data.corpus).expanduser().exists():
             raise DataError(
                 f"no corpus named {spec.data.corpus!r} (known: {', '.join(CORPORA)}) and no such file or folder"
@@ -129,6 +129,12 @@ def check_source(spec: RunSpec) -> None:
     checkpoint = spec.protocol.checkpoint
     if checkpoint and checkpoint.startswith(("/", "~", ".")) and not Path(checkpoint).expanduser().is_dir():
         raise DataError(f"no checkpoint directory {checkpoint}")
+
+
+def _missing(names: list[str], root: Path | None = None) -> None:
+    missing = [n for n in names if not corpus_path(n, root).exists()]
+    if missing:
+        raise DataError(f"corpus {', '.join(missing)} is not fetched yet: run `myopia data fetch {' '.join(missing)}`")
 
 
 def _digest(text: str) -> str:
@@ -264,12 +270,24 @@ class TokenShards:
         if self.n_sequences("train") < 1:
             raise DataError(f"{path}: fewer than {seq_len} training tokens")
 
+        self.lookup: np.ndarray | None = None
+
+    def restrict_vocab(self, size: int) -> None:
+        """Keep the size − 1 most frequent training tokens (renumbered by frequency, ties by id) and map every other
+        token to the last id, size − 1: a small softmax for CPU-sized models. Counted on the training split only."""
+        counts = np.bincount(self.splits["train"], minlength=65536)
+        keep = np.argsort(-counts, kind="stable")[: size - 1]
+        self.lookup = np.full(65536, size - 1, dtype=np.int64)
+        self.lookup[keep] = np.arange(size - 1)
+        self.meta["vocab_coverage"] = float(counts[keep].sum() / max(1, counts.sum()))
+
     def n_sequences(self, split: str) -> int:
         return self.splits[split].size // self.seq_len
 
     def sequences(self, split: str, indices: np.ndarray) -> np.ndarray:
         starts = np.asarray(indices, dtype=np.int64)[:, None] * self.seq_len
-        return np.asarray(self.splits[split][starts + np.arange(self.seq_len)], dtype=np.int64)
+        ids = np.asarray(self.splits[split][starts + np.arange(self.seq_len)], dtype=np.int64)
+        return ids if self.lookup is None else self.lookup[ids]
 
 
 def global_batch_indices(step: int, global_batch: int, n: int, seed: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ def run(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run to the end (resuming from its latest checkpoint if it has one) and return its result."""
+    run_start = time.time()
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     r, gpus = spec.resources, spec.resources.gpus_per_worker
@@ -79,6 +81,7 @@ def run(
     if result.error:
         raise RuntimeError(f"run {name} failed: {result.error}")
     m = result.metrics
+    marks = {"run_start": run_start, **m.get("marks", {}), "fit_end": time.time()}
     return {
         "name": name,
         "config_hash": spec.config_hash(),
@@ -91,6 +94,7 @@ def run(
         "probes": m.get("probes"),
         "nodes": m.get("nodes"),
         "resumed_from": m.get("resumed_from", 0),
+        "marks": marks,
         "mlflow_run_id": m.get("mlflow_run_id"),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "spec": spec.model_dump(mode="json"),

@@ -4,6 +4,8 @@ linear probes of sin(b·x_{n−i}) from every layer's hidden states, fit on one 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -26,33 +28,60 @@ def _all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+Batches = list[tuple[np.ndarray, Any]]  # (held-out indices of the batch's sequences, the batch)
+
+
+def _per_sequence(n: int, parts: list[tuple[np.ndarray, torch.Tensor]]) -> list[float]:
+    """Every held-out sequence's mean loss, by its index, gathered from all ranks (each fills its own indices)."""
+    out = torch.zeros(n, dtype=torch.float64)
+    for idx, losses in parts:
+        out[torch.as_tensor(idx, dtype=torch.long)] = losses
+    # 6 decimals: paired differences are taken between runs; the document stays a few bytes per sequence
+    return [round(x, 6) for x in _all_sum(out).tolist()]
+
+
 @torch.no_grad()
-def text_loss(model: torch.nn.Module, batches: list[torch.Tensor], seq_len: int) -> dict:
-    """Held-out next-token cross-entropy, mean and per position, over this rank's batches and all ranks'."""
+def text_loss(model: torch.nn.Module, batches: Batches, n: int, seq_len: int) -> dict:
+    """Held-out next-token cross-entropy: mean, per position, and per sequence (for paired intervals between the
+    arms of a pair, which see the same `n` held-out sequences), over this rank's batches and all ranks'."""
     sums = torch.zeros(seq_len - 1, dtype=torch.float64)
     count = torch.zeros(1, dtype=torch.float64)
-    for ids in batches:
+    parts = []
+    for idx, ids in batches:
         logits = model(ids, use_cache=False).logits.float()
-        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-        sums += ce.double().sum(0).cpu()
+        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").double()  # (B, T-1)
+        sums += ce.sum(0).cpu()
         count += ids.shape[0]
+        parts.append((idx, ce.mean(1).cpu()))
     _all_sum(sums), _all_sum(count)
     per_position = (sums / count).tolist()
-    return {"loss": float(np.mean(per_position)), "per_position": per_position, "sequences": int(count.item())}
+    return {
+        "loss": float(np.mean(per_position)),
+        "per_position": per_position,
+        "per_sequence": _per_sequence(n, parts),
+        "sequences": int(count.item()),
+    }
 
 
 @torch.no_grad()
-def synthetic_loss(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], p: float) -> dict:
-    """Held-out Huber (delta 1) and Huber/p, mean and per position."""
-    sums, count = None, torch.zeros(1, dtype=torch.float64)
-    for inputs, target in batches:
-        h = F.huber_loss(model(inputs).float(), target, delta=1.0, reduction="none").double().sum(0).cpu()
-        sums = h if sums is None else sums + h
+def synthetic_loss(model: torch.nn.Module, batches: Batches, n: int, p: float) -> dict:
+    """Held-out Huber (delta 1) and Huber/p: mean, per position and per sequence (Huber/p)."""
+    sums, count, parts = None, torch.zeros(1, dtype=torch.float64), []
+    for idx, (inputs, target) in batches:
+        h = F.huber_loss(model(inputs).float(), target, delta=1.0, reduction="none").double()  # (B, T)
+        sums = h.sum(0).cpu() if sums is None else sums + h.sum(0).cpu()
         count += inputs.shape[0]
+        parts.append((idx, h.mean(1).cpu() / p))
     _all_sum(sums), _all_sum(count)
     per_position = (sums / count / p).tolist()
     huber = float(np.mean(per_position)) * p
-    return {"loss": huber, "huber": huber, "huber_over_p": huber / p, "per_position": per_position}
+    return {
+        "loss": huber,
+        "huber": huber,
+        "huber_over_p": huber / p,
+        "per_position": per_position,
+        "per_sequence": _per_sequence(n, parts),
+    }
 
 
 @torch.no_grad()

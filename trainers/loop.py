@@ -64,6 +64,7 @@ def _whole_state_dict(engine: Any, stage: int) -> dict[str, torch.Tensor]:
 
 
 def train_loop(config: dict[str, Any]) -> None:
+    marks = {"worker_start": time.time()}  # wall-clock marks of the fixed costs (bench/run_overhead.py)
     spec = RunSpec.model_validate_json(config["spec"])
     progress_file = Path(config["progress_file"]) if config.get("progress_file") else None
 
@@ -75,9 +76,12 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     node_ids: list[str | None] = [None] * world  # the Ray nodes the workers run on (placement, recorded)
     torch.distributed.all_gather_object(node_ids, ray.get_runtime_context().get_node_id())
+    marks["distributed"] = time.time()
     task = make_task(spec)
+    marks["data"] = time.time()
     torch.manual_seed(spec.seed)  # the same initial weights in both arms
     model = task.build_model()
+    marks["model"] = time.time()
     opt = torch.optim.AdamW(
         param_groups(model, spec.optimizer.weight_decay), lr=spec.lr, betas=spec.optimizer.betas, eps=spec.optimizer.eps
     )
@@ -91,6 +95,7 @@ def train_loop(config: dict[str, Any]) -> None:
         clip=spec.optimizer.clip,
     )
     engine = eng.initialize(model, opt, ds_config, scheduler=sched)
+    marks["engine"] = time.time()
 
     start = 0
     checkpoint = ray.train.get_checkpoint()
@@ -98,9 +103,11 @@ def train_loop(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             _, client = engine.load_checkpoint(d, tag=CHECKPOINT_TAG)
         start = int(client["step"])
+    marks["restored"] = time.time()
 
     tracker = Tracker(spec, enabled=rank == 0)
     tracker.start()
+    marks["tracking"] = time.time()
     steps, t = spec.train.steps, spec.train
     log_every = max(1, steps // 200)
     try:
@@ -119,6 +126,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 losses.append(loss.item())
                 tokens += task.tokens(batch)
             done = step + 1
+            if done == start + 1:
+                marks["first_step"] = time.time()
             if rank == 0 and progress_file:
                 progress = {"step": done, "steps": steps, "loss": losses[-1], "pid": os.getpid()}
                 progress_file.write_text(json.dumps(progress))
@@ -136,12 +145,15 @@ def train_loop(config: dict[str, Any]) -> None:
             if done < steps and t.checkpoint_interval and done % t.checkpoint_interval == 0:
                 _report(engine, done, {"step": done})
 
+        marks["last_step"] = time.time()
         result = task.evaluate(engine, rank, world)
+        marks["evaluated"] = time.time()
         probes = None
         if task.wants_weights:
             weights = _whole_state_dict(engine, spec.resources.zero_stage)  # collective under ZeRO-3
             probes = task.analyse(weights) if rank == 0 else None
         tracker.evaluation(result, steps, probes)
+        marks["tracked"] = time.time()
         final = {
             "step": steps,
             "eval": result,
@@ -149,8 +161,10 @@ def train_loop(config: dict[str, Any]) -> None:
             "mlflow_run_id": tracker.run_id,
             "nodes": len(set(node_ids)),
             "resumed_from": start,
+            "marks": marks,
         }
         tracker.artifact(final, "result.json")
+        marks["checkpoint_start"] = time.time()  # the final checkpoint and Ray Train's hand-off end at fit_end
         _report(engine, steps, final)
         tracker.end("FINISHED")
     except BaseException:

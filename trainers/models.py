@@ -1,4 +1,5 @@
-"""The Pythia zoo: the eight sizes as GPT-NeoX configs, parameter counts, and `build_model`.
+"""The zoo: Pythia's eight sizes and three scaled-down GPT-NeoX shapes for CPU ladders (named by their non-embedding
+parameters), as GPT-NeoX configs; parameter counts; and `build_model`.
 
 The models are plain `transformers.GPTNeoXForCausalLM`s, so Pythia checkpoints load unchanged; the attention mode
 lives in the attention modules (see `trainers.myopic`) and in `config.myopia`, and can be switched at any time.
@@ -16,7 +17,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from trainers.myopic import AttentionMode, Variant, attention_settings, set_attention
 
 PYTHIA_VOCAB = 50304
-SizeName = Literal["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
+SizeName = Literal["0.1m", "0.4m", "14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class PythiaSize:
     layers: int
     hidden: int
     heads: int
-    lr: float  # Pythia's pretraining peak learning rate
+    lr: float  # Pythia's pretraining peak learning rate (the CPU shapes: 14m's)
 
     def n_params(self, vocab_size: int = PYTHIA_VOCAB) -> int:
         return self.n_params_nonembedding() + 2 * vocab_size * self.hidden  # untied embed_in + embed_out
@@ -51,14 +52,26 @@ PYTHIA_SIZES: dict[str, PythiaSize] = {
 }
 
 
-assert tuple(PYTHIA_SIZES) == get_args(SizeName)
+# Pythia's shape scaled down below 14m (head size 32, rotary on a quarter of each head); named by their
+# non-embedding parameters: with 14m (1.19M) they make a decade of scale that two CPU cores can train.
+CPU_SIZES: dict[str, PythiaSize] = {
+    s.name: s
+    for s in (
+        PythiaSize("0.1m", 2, 64, 2, 1e-3),
+        PythiaSize("0.4m", 4, 96, 3, 1e-3),
+    )
+}
+SIZES: dict[str, PythiaSize] = dict(  # every size a run may name, in increasing non-embedding parameters
+    sorted({**CPU_SIZES, **PYTHIA_SIZES}.items(), key=lambda kv: kv[1].n_params_nonembedding())
+)
+assert tuple(SIZES) == get_args(SizeName)
 
 
 def pythia_size(size: str) -> PythiaSize:
     try:
-        return PYTHIA_SIZES[size]
+        return SIZES[size]
     except KeyError:
-        raise ValueError(f"unknown Pythia size {size!r}; known: {', '.join(PYTHIA_SIZES)}") from None
+        raise ValueError(f"unknown size {size!r}; known: {', '.join(SIZES)}") from None
 
 
 def pythia_config(size: str, *, vocab_size: int | None = None, **overrides: Any) -> GPTNeoXConfig:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedConfig
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, rotate_half
 
-AttentionMode = Literal["vanilla", "myopic"]
+AttentionMode = Literal["vanilla", "myopic", "bigram"]
 Variant = Literal["hidden", "kv"]
 Impl = Literal["fused", "reference"]
 M = TypeVar("M", bound=torch.nn.Module)
@@ -42,8 +42,8 @@ class AttentionSettings:
     impl: Impl = "fused"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("vanilla", "myopic"):
-            raise ValueError(f"attention must be 'vanilla' or 'myopic', not {self.mode!r}")
+        if self.mode not in ("vanilla", "myopic", "bigram"):
+            raise ValueError(f"attention must be 'vanilla', 'myopic' or 'bigram', not {self.mode!r}")
         if self.variant not in ("hidden", "kv"):
             raise ValueError(f"variant must be 'hidden' or 'kv', not {self.variant!r}")
         if not 0.0 <= self.beta <= 1.0:
@@ -311,6 +311,8 @@ class MyopicGPTNeoXAttention(GPTNeoXAttention):
 
     Vanilla mode, and any forward without gradients (inference, `generate()` with its KV cache), run transformers'
     own forward unchanged. With gradients enabled, myopic mode runs `MyopicAttentionFunction` (or the reference).
+    Bigram mode (the reference arm: what losing the whole past costs) lets each position attend only to itself, in
+    the forward too, so the model sees one token at a time.
     Under ZeRO-3 the module must be a leaf (`deepspeed.utils.set_z3_leaf_modules`) since it reads its
     projection's weight directly: `trainers.engine` does that.
     """
@@ -327,6 +329,11 @@ class MyopicGPTNeoXAttention(GPTNeoXAttention):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         s = self.myopia
+        if s.mode == "bigram":  # attending to itself alone, softmax over one key is 1: the output is v_i
+            B, T, _ = hidden_states.shape
+            heads = self.config.num_attention_heads
+            v = self.query_key_value(hidden_states).view(B, T, heads, -1).chunk(3, dim=-1)[2]
+            return self.dense(v.reshape(B, T, -1)), None
         if s.mode == "vanilla" or not torch.is_grad_enabled():  # the forward is vanilla's in every mode
             return super().forward(hidden_states, attention_mask, layer_past, position_embeddings, **kwargs)
         if self.training and self.attention_dropout > 0:

@@ -1,7 +1,8 @@
 """RunSpec: everything one training run depends on, as one pydantic model (JSON in, JSON out).
 
 The control plane and the trainers meet only here: a run is fully determined by its spec (DESIGN.md). The two arms
-of a pair are two specs that differ in `attention.mode` alone; `check_matched` refuses anything else.
+of a pair (and the optional bigram reference) are specs that differ in `attention.mode` alone; `check_matched`
+refuses anything else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from trainers.models import PYTHIA_SIZES, SizeName, pythia_config
+from trainers.models import SIZES, SizeName, pythia_config
 from trainers.myopic import AttentionMode, Variant
 
 
@@ -74,7 +75,11 @@ TextField = Annotated[str, Field(min_length=1, max_length=1000)]
 class ModelSpec(Strict):
     size: SizeName = "14m"
     vocab_size: int | None = Field(
-        None, gt=0, le=1_000_000, description="None: Pythia's 50,304 (text) or unused (synthetic)"
+        None,
+        ge=2,
+        le=1_000_000,
+        description="None: Pythia's 50,304 (text) or unused (synthetic). Smaller, on text from scratch: the data keep "
+        "the vocab_size − 1 most frequent training tokens and map the rest to one out-of-vocabulary id",
     )
     overrides: Overrides = Field(default_factory=dict, description="GPT-NeoX config fields, e.g. num_hidden_layers")
 
@@ -126,7 +131,11 @@ SEQUENCES_DOC += "each document with at least seq_len tokens (position 0 is a do
 
 class TextData(Strict):
     kind: Literal["text"] = "text"
-    corpus: TextField = Field("wiki", description="a corpus name from `myopia data fetch`, or a text file or folder")
+    corpus: TextField = Field(
+        "wiki",
+        description="a corpus name from `myopia data fetch`, several joined by '+' (a mix: wiki+sotu+brown), "
+        "or a text file or folder",
+    )
     sequences: Sequences = Field("packed", description=SEQUENCES_DOC)
     held_out: float = Field(0.02, gt=0.0, le=0.5, description="share of documents held out (by a hash of the id)")
 
@@ -224,6 +233,8 @@ class RunSpec(Strict):
                 f"train.global_batch ({self.train.global_batch}) must be a multiple of train.micro_batch × "
                 f"resources.workers ({per_step})",
             )
+        if self.protocol.kind == "finetune" and self.model.vocab_size is not None:
+            raise field_error("model.vocab_size", "a fine-tuned checkpoint keeps its own vocabulary: leave it unset")
         if self.train.precision == "fp16" and self.resources.gpus_per_worker == 0:
             raise field_error("train.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0); use fp32 or bf16")
         return self
@@ -234,7 +245,7 @@ class RunSpec(Strict):
 
     @property
     def lr(self) -> float:
-        return self.optimizer.lr or PYTHIA_SIZES[self.model.size].lr
+        return self.optimizer.lr or SIZES[self.model.size].lr
 
     def identity(self) -> dict[str, Any]:
         """What determines the result: everything but naming, tracking, storage and placement over nodes."""
@@ -259,14 +270,18 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def check_matched(vanilla: RunSpec, myopic: RunSpec) -> None:
-    """Refuse a pair whose arms differ in anything but the attention mode (naming and tracking aside)."""
-    if (vanilla.attention.mode, myopic.attention.mode) != ("vanilla", "myopic"):
-        raise ValueError("a pair is one vanilla and one myopic arm")
-    a, b = _flatten(vanilla.identity()), _flatten(myopic.identity())
-    differing = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "attention.mode")
-    if differing:
-        raise ValueError(f"the arms of a pair may differ only in attention.mode, not in: {', '.join(differing)}")
+def check_matched(vanilla: RunSpec, *others: RunSpec) -> None:
+    """Refuse arms that differ from the vanilla one in anything but the attention mode (naming and tracking aside):
+    a pair is a vanilla and a myopic arm, with a bigram arm as the optional reference."""
+    modes = [vanilla.attention.mode, *(o.attention.mode for o in others)]
+    if modes[0] != "vanilla" or len(set(modes)) != len(modes) or "myopic" not in modes:
+        raise ValueError(f"a pair is one vanilla arm and one myopic arm (and at most one bigram arm), not {modes}")
+    a = _flatten(vanilla.identity())
+    for other in others:
+        b = _flatten(other.identity())
+        differing = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "attention.mode")
+        if differing:
+            raise ValueError(f"the arms of a pair may differ only in attention.mode, not in: {', '.join(differing)}")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from trainers import evaluate
 from trainers.data import TokenShards, global_batch_indices, shard, text_dataset
-from trainers.models import build_model, load_model, pythia_config
+from trainers.models import PYTHIA_VOCAB, build_model, load_model, pythia_config
 from trainers.myopic import set_attention
 from trainers.spec import RunSpec, SyntheticData
 from trainers.synthetic import RegressionGPTNeoX, SyntheticTask
@@ -44,6 +44,8 @@ class TextTask:
         self.spec = spec
         need = (spec.train.steps * spec.train.global_batch, spec.eval.held_out_sequences)
         self.shards: TokenShards = text_dataset(spec.data, spec.train.seq_len, need)  # type: ignore[arg-type]
+        if spec.model.vocab_size and spec.model.vocab_size < PYTHIA_VOCAB:
+            self.shards.restrict_vocab(spec.model.vocab_size)
 
     def build_model(self) -> torch.nn.Module:
         s, a = self.spec, self.spec.attention
@@ -75,9 +77,10 @@ class TextTask:
         mine = np.arange(n)[rank::world]
         mb = self.spec.train.micro_batch
         batches = [
-            torch.from_numpy(self.shards.sequences("heldout", mine[i : i + mb])) for i in range(0, len(mine), mb)
+            (mine[i : i + mb], torch.from_numpy(self.shards.sequences("heldout", mine[i : i + mb])))
+            for i in range(0, len(mine), mb)
         ]
-        return evaluate.text_loss(model, batches, self.spec.train.seq_len)
+        return evaluate.text_loss(model, batches, n, self.spec.train.seq_len)
 
     def analyse(self, weights: dict[str, torch.Tensor]) -> None:
         return None
@@ -122,8 +125,11 @@ class DpTask:
         dtype = next(model.parameters()).dtype
         mb = self.spec.train.micro_batch
         mine = np.arange(len(inputs))[rank::world]
-        batches = [(inputs[mine[i : i + mb]].to(dtype), target[mine[i : i + mb]]) for i in range(0, len(mine), mb)]
-        return evaluate.synthetic_loss(model, batches, self.task.p)
+        batches = [
+            (mine[i : i + mb], (inputs[mine[i : i + mb]].to(dtype), target[mine[i : i + mb]]))
+            for i in range(0, len(mine), mb)
+        ]
+        return evaluate.synthetic_loss(model, batches, len(inputs), self.task.p)
 
     def analyse(self, weights: dict[str, torch.Tensor]) -> list[dict]:
         """Probe table for trained weights (a whole state dict) next to the untrained control of the same seed."""

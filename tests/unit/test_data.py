@@ -174,6 +174,26 @@ def test_every_corpus_of_data_md_fetches_and_tokenizes(data_root, corpus, low, h
     assert meta["heldout_tokens"] > 0 and all(text.strip() for _, text in docs)
 
 
+def test_a_corpus_mix_and_a_reduced_vocabulary(data_root, tmp_path):
+    """'+' mixes registry corpora (ids prefixed, each document held out by its own id); a smaller model vocabulary
+    keeps the most frequent training tokens and maps the rest to its last id, the same way for every split."""
+    c.fetch(["moby-dick", "austen"], data_root, log=lambda _: None)
+    key, docs = d.read_documents("moby-dick+austen", data_root)
+    assert key == "moby-dick+austen" and {i.split("/")[0] for i, _ in docs} == {"moby-dick", "austen"}
+    assert len(docs) == len(d.read_documents("moby-dick", data_root)[1]) + len(d.read_documents("austen", data_root)[1])
+    with pytest.raises(d.DataError, match="myopia data fetch moby-dick sotu"):
+        d.read_documents("moby-dick+sotu", tmp_path)  # a data dir without it
+    shards = d.text_dataset(TextData(corpus="moby-dick+austen"), 64, root=data_root)
+    raw = shards.sequences("heldout", np.arange(20))
+    shards.restrict_vocab(256)
+    small = shards.sequences("heldout", np.arange(20))
+    counts = np.bincount(shards.splits["train"], minlength=65536)
+    top = np.argsort(-counts, kind="stable")[:255]
+    assert small.max() <= 255 and np.array_equal(raw == top[0], small == 0)  # the most frequent token is id 0
+    assert np.array_equal(np.isin(raw, top, invert=True), small == 255)  # every other token is the last id
+    assert 0.6 < shards.meta["vocab_coverage"] < 0.9
+
+
 def test_finetune_protocol_loads_a_local_checkpoint(data_root, tmp_path, monkeypatch):
     """The fine-tune protocol: a checkpoint directory (as from the hub) loads into the run's attention mode."""
     import torch

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from services.gap_stats import fit_gap, size_gap
+from services.gap_stats import fit_gap, mean_interval, ratio_interval, size_gap
 
 VANILLA = [4.11, 4.09, 4.15, 4.12]
 MYOPIC = [4.27, 4.22, 4.33, 4.25]
@@ -77,3 +77,36 @@ def test_weighted_fit_against_a_hand_computation():
     assert fit.slope_ci95 == pytest.approx((beta[0] - half, beta[0] + half))
     assert fit_gap(points, min_params=100_000_000).sizes == ["410m", "1b", "2.8b"]
     assert fit_gap(points, min_params=500_000_000) is None
+
+
+def test_interval_over_held_out_sequences_is_a_paired_t_interval():
+    """One pair still gets an interval: over the paired per-sequence differences on the shared held-out set."""
+    rng = np.random.default_rng(0)
+    vanilla = rng.normal(4.0, 0.5, 300)
+    myopic = vanilla + rng.normal(0.02, 0.05, 300)
+    g = size_gap("14m", 1, [vanilla.mean()], [myopic.mean()], per_sequence={"vanilla": [vanilla], "myopic": [myopic]})
+    ci = stats.ttest_rel(myopic, vanilla).confidence_interval(0.95)
+    assert g.gap_ci95 is None and g.gap_eval_ci95 == pytest.approx((ci.low, ci.high))
+    assert mean_interval([1.0]) == (1.0, None, None)
+
+
+def test_share_of_context_benefit_lost_with_both_intervals():
+    vanilla, myopic, bigram = [4.0, 4.1, 4.05], [4.2, 4.25, 4.3], [5.0, 5.2, 5.1]
+    g = size_gap("14m", 1, vanilla, myopic, bigram=bigram)
+    gaps, benefits = np.subtract(myopic, vanilla), np.subtract(bigram, vanilla)
+    assert g.share_lost == pytest.approx(gaps.mean() / benefits.mean())
+    assert g.bigram_loss_mean == pytest.approx(np.mean(bigram))
+    lo, hi = g.share_lost_ci95
+    assert lo < g.share_lost < hi and g.share_lost_eval_ci95 is None
+    # delta method: a numerator proportional to the denominator has a zero-width interval at the ratio
+    assert ratio_interval([0.2, 0.4, 0.6], [1.0, 2.0, 3.0]) == pytest.approx((0.2, 0.2))
+    assert ratio_interval([0.2], [1.0]) is None and ratio_interval([1.0, 2.0], [1.0, -1.0]) is None
+    # against a large-sample check: the interval covers the true ratio in most of 200 simulated evaluations
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(200):
+        den = rng.normal(1.0, 0.3, 400)
+        num = 0.25 * den + rng.normal(0.0, 0.1, 400)
+        lo, hi = ratio_interval(num, den)
+        covered += lo <= 0.25 <= hi
+    assert 180 <= covered <= 200

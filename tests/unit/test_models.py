@@ -61,6 +61,25 @@ def test_mode_switch_keeps_state_dict():
     assert attention_settings(model.config).beta == 0.3
 
 
+def test_bigram_mode_sees_only_the_current_token():
+    """Each position attends only to itself: changing earlier tokens changes no later output, with or without
+    gradients, and the weights are the vanilla model's."""
+    torch.manual_seed(0)
+    model = build_model("14m", attention="bigram", **tiny_config())
+    ids = torch.randint(0, 48, (2, 9))
+    other = ids.clone()
+    other[:, :4] = torch.randint(0, 48, (2, 4))
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            a, b = model(ids).logits, model(other).logits
+        assert torch.allclose(a[:, 4:], b[:, 4:], atol=1e-6) and not torch.allclose(a[:, :4], b[:, :4])
+    vanilla = build_model("14m", **tiny_config())
+    vanilla.load_state_dict(model.state_dict())
+    assert not torch.allclose(vanilla(other).logits[:, 4:], model(other).logits[:, 4:])
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim >= 2)
+
+
 def test_save_pretrained_round_trip(tmp_path):
     torch.manual_seed(0)
     model = build_model("14m", attention="myopic", variant="kv", beta=0.25, **tiny_config())

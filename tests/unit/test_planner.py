@@ -38,6 +38,15 @@ def test_one_pair_per_size_and_seed_differing_only_in_attention():
     assert len({p.runs["myopic"].config_hash() for p in pairs}) == 4
 
 
+def test_a_bigram_reference_arm_is_matched_to_the_pair():
+    pairs = plan(request(arms=["vanilla", "myopic", "bigram"]))
+    for p in pairs:
+        assert list(p.runs) == ["vanilla", "myopic", "bigram"]
+        check_matched(*p.runs.values())
+        assert p.runs["bigram"].pair_hash() == p.runs["vanilla"].pair_hash()
+    assert "arms" in errors_of({"arms": ["vanilla", "myopic", "bigram", "bigram"]})
+
+
 def test_resources_and_micro_batch_come_from_the_profile():
     assert placement("2.8b", "gpu").resources["workers"] == 8 and placement("2.8b", "gpu").max_micro_batch == 64
     big = plan(request(sizes=["2.8b"], seeds=[0], run={"train": {"global_batch": 6144}}), profile="gpu")[0]

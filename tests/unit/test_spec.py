@@ -29,6 +29,8 @@ def test_json_round_trip():
         ({"protocol": {"kind": "finetune"}}, "protocol.checkpoint"),
         ({"train": {"micro_batch": 3, "global_batch": 8}}, "train.global_batch"),
         ({"model": {"overrides": {"hidden_size": "wide"}}}, "model.overrides.hidden_size"),
+        ({"protocol": {"kind": "finetune", "checkpoint": "x"}, "model": {"vocab_size": 512}}, "model.vocab_size"),
+        ({"model": {"vocab_size": 1}}, "model.vocab_size"),
     ],
 )
 def test_bad_specs_name_what_is_wrong(doc, names):
@@ -62,8 +64,14 @@ def test_arms_differ_only_in_attention_mode():
         check_matched(vanilla, warm)
     with pytest.raises(ValueError, match="seed"):
         check_matched(vanilla, myopic.model_copy(update={"seed": 1}))
-    with pytest.raises(ValueError, match="one vanilla and one myopic"):
+    with pytest.raises(ValueError, match="one vanilla arm and one myopic arm"):
         check_matched(vanilla, vanilla)
+    bigram = base.arm("bigram")
+    check_matched(vanilla, myopic, bigram)  # the optional reference arm
+    with pytest.raises(ValueError, match="one vanilla arm and one myopic arm"):
+        check_matched(vanilla, bigram)
+    with pytest.raises(ValueError, match="seed"):
+        check_matched(vanilla, myopic, bigram.model_copy(update={"seed": 1}))
 
 
 def test_lr_defaults_to_the_size():

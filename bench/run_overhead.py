@@ -1,0 +1,144 @@
+"""Where a run's fixed cost goes: a 2-step `myopia train` (wall time and its phases), and runs through a control
+plane on a warm local Ray (submit → first step, last step → result stored), from the wall-clock marks each run
+records (`result["marks"]`: the job's and the workers' own clocks; one machine, so one clock).
+
+    python bench/run_overhead.py            # both; prints tables
+    python bench/run_overhead.py --repeats 3
+
+Not a test: the figures go into docs/performance.md with the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from api.client_cli import Api
+from api.demo import control_plane, free_port
+
+# The phases between consecutive marks, in the order a run passes them (entry.py and loop.py set the marks).
+PHASES = [
+    ("process_start", "run_start", "process start, imports, local Ray up"),
+    ("run_start", "worker_start", "Ray Train: controller and worker group, worker imports"),
+    ("worker_start", "distributed", "process group (gloo), DeepSpeed import"),
+    ("distributed", "data", "data: shards opened (or tokenized once)"),
+    ("data", "model", "model built"),
+    ("model", "engine", "DeepSpeed engine"),
+    ("engine", "restored", "checkpoint lookup"),
+    ("restored", "tracking", "MLflow run opened"),
+    ("tracking", "first_step", "first optimizer step"),
+    ("first_step", "last_step", "the other steps"),
+    ("last_step", "evaluated", "held-out evaluation"),
+    ("evaluated", "tracked", "evaluation logged to MLflow"),
+    ("tracked", "checkpoint_start", "result artifact to MLflow"),
+    ("checkpoint_start", "fit_end", "final checkpoint, Ray Train hand-off"),
+]
+TINY_RUN = {  # a 14m run from scratch: 2 steps of 8 × 64 tokens from the Wikipedia corpus, one worker
+    "data": {"kind": "text", "corpus": "wiki"},
+    "train": {"steps": 2, "seq_len": 64, "global_batch": 8, "micro_batch": 8},
+    "resources": {"zero_stage": 0, "workers": 1, "cpus_per_worker": 1},
+    "eval": {"held_out_sequences": 64},
+}
+
+
+def phase_rows(marks: dict[str, float]) -> list[tuple[str, float]]:
+    return [(what, marks[b] - marks[a]) for a, b, what in PHASES if a in marks and b in marks]
+
+
+def print_table(title: str, samples: list[list[tuple[str, float]]], extra: list[tuple[str, list[float]]]) -> None:
+    print(f"\n{title} ({len(samples)} repeat{'s' * (len(samples) > 1)}: median [min, max] seconds)")
+    print("| phase | s |\n|---|---|")
+    for i, (what, _) in enumerate(samples[0]):
+        values = [s[i][1] for s in samples]
+        print(f"| {what} | {_spread(values)} |")
+    for what, values in extra:
+        print(f"| **{what}** | **{_spread(values)}** |")
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
+
+
+def cli_run(repeats: int) -> None:
+    """`myopia train --preset text-cpu --steps 2` as a user types it (its own local Ray each time)."""
+    samples, walls = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "result.json"
+            began = time.time()
+            subprocess.run(
+                [sys.executable, "-m", "api.cli", "train", "--preset", "text-cpu", "--steps", "2", "--out", str(out)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            walls.append(time.time() - began)
+            marks = {"process_start": began, **json.loads(out.read_text())["marks"]}
+            samples.append(phase_rows(marks) + [("after the run: exit", walls[-1] - (marks["fit_end"] - began))])
+    print_table("`myopia train --preset text-cpu --steps 2`", samples, [("wall", walls)])
+
+
+def control_plane_runs(repeats: int) -> None:
+    """Runs of TINY_RUN submitted over REST to a control plane whose Ray head is already up."""
+    data = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")).expanduser()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"MYOPIA_DATABASE_URL": f"sqlite:///{tmp}/bench.db", "MYOPIA_DATA_DIR": str(data)}
+        with control_plane(free_port(), env, Path(tmp) / "serve.log") as api:
+            samples, first, stored = [], [], []
+            for i in range(repeats + 1):  # the first run warms the head's worker pool; not counted
+                body = {"name": f"overhead-{i}", "sizes": ["14m"], "seeds": [i], "arms": ["vanilla"], "run": TINY_RUN}
+                submitted = time.time()
+                sweep = api.call("POST", "/v1/sweeps", json=body).json()
+                run_id = sweep["runs"][0]["id"]
+                run = _until_final(api, run_id)
+                done = time.time()
+                if run["status"] != "succeeded":
+                    sys.exit(f"run {run_id} {run['status']}: {run.get('error')}")
+                marks = run["result"]["marks"]
+                if i == 0:
+                    continue
+                marks = {"process_start": submitted, **marks}
+                samples.append(
+                    [("submit → job's entry point (Ray job, runtime env, imports)", marks["run_start"] - submitted)]
+                    + phase_rows(marks)[1:]
+                    + [("job exit, result read, stored (poll every 0.2 s)", done - marks["fit_end"])]
+                )
+                first.append(marks["first_step"] - submitted)
+                stored.append(done - marks["last_step"])
+    print_table(
+        "a 2-step 14m run through the control plane, warm local Ray",
+        samples,
+        [("submit → first step", first), ("last step → result stored", stored)],
+    )
+
+
+def _until_final(api: Api, run_id: str, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.call("GET", f"/v1/runs/{run_id}").json()
+        if run["status"] in ("succeeded", "failed", "cancelled"):
+            return run
+        time.sleep(0.2)
+    sys.exit(f"run {run_id} did not finish in {timeout:.0f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=["cli", "control-plane"])
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    if args.only != "control-plane":
+        cli_run(args.repeats)
+    if args.only != "cli":
+        control_plane_runs(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
