@@ -46,6 +46,18 @@ def configure_loopback() -> None:
         os.environ.setdefault(key, value)
 
 
+WORKER_PORTS = 200  # the workers' range: one port each
+
+
+def worker_range_start(taken: set[int]) -> int:
+    """A start for the workers' port range that overlaps none of the head's own ports (Ray refuses to start if it
+    does; the workers then bind what is free inside the range)."""
+    while True:
+        start = free_port()
+        if start + WORKER_PORTS < 65536 and not any(start <= p <= start + WORKER_PORTS for p in taken):
+            return start
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,12 +122,12 @@ class EmbeddedHead:
         # a short path: Ray's unix sockets live under it and their names must stay under ~107 bytes
         self.temp_dir = Path(tempfile.mkdtemp(prefix="myopia-ray-", dir="/tmp"))
         self.ports = {flag: free_port() for flag in PORT_FLAGS}
-        worker_port = free_port()  # a range of its own would collide less; one free port is enough for a start
+        worker_port = worker_range_start(set(self.ports.values()))
         ray = str(Path(sys.executable).with_name("ray"))
         cmd = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
                "--include-dashboard", "true", "--num-cpus", str(self.num_cpus), "--temp-dir", str(self.temp_dir),
                "--disable-usage-stats", "--min-worker-port", str(worker_port), "--max-worker-port",
-               str(worker_port + 200)]  # fmt: skip
+               str(worker_port + WORKER_PORTS)]  # fmt: skip
         for flag, port in self.ports.items():
             cmd += [flag, str(port)]
         log = (self.temp_dir / "head.log").open("w")

@@ -10,8 +10,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from sklearn.linear_model import Ridge
-from sklearn.metrics import r2_score
 
 PROBE_LAGS = range(0, 11)
 
@@ -88,6 +86,9 @@ def synthetic_loss(model: torch.nn.Module, batches: Batches, n: int, p: float) -
 def probe_r2(model: torch.nn.Module, inputs: torch.Tensor, b: float, lags=PROBE_LAGS) -> np.ndarray:
     """Held-out R² of a ridge probe for sin(b·x_{n−i}), shape (layers + 1, lags): hidden states after the input
     projection (row 0) and after each layer; positions n ≥ max lag; fit on the first half of the sequences."""
+    from sklearn.linear_model import Ridge  # here: a second of import that text runs never need
+    from sklearn.metrics import r2_score
+
     _, hidden = model(inputs, output_hidden_states=True)
     x = inputs[..., 0].double()
     start = max(lags)

@@ -66,6 +66,8 @@ def _whole_state_dict(engine: Any, stage: int) -> dict[str, torch.Tensor]:
 def train_loop(config: dict[str, Any]) -> None:
     marks = {"worker_start": time.time()}  # wall-clock marks of the fixed costs (bench/run_overhead.py)
     spec = RunSpec.model_validate_json(config["spec"])
+    if not torch.cuda.is_available():  # the cores this worker reserved, not every core of the node (OMP's default)
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     progress_file = Path(config["progress_file"]) if config.get("progress_file") else None
 
     configure_deepspeed_env()  # before deepspeed is imported: it picks its accelerator then
