@@ -67,10 +67,13 @@ def demo(port: int, json_out: str | None) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="write the result JSON here")
 def train(spec_file, preset_name, size, seed, arm, steps, mlflow_uri, out) -> None:
     """Run one training run on a local Ray cluster (started if RAY_ADDRESS names none), no control plane."""
-    from trainers.spec import SpecError, load_spec
-
     if bool(spec_file) == bool(preset_name):
         raise click.UsageError("give a SPEC_FILE or --preset NAME (one of them)")
+    from cluster.local import launch_ray
+
+    launch_ray()  # the head comes up while the spec's modules (torch, transformers) import
+    from trainers.spec import SpecError, load_spec
+
     try:
         spec = load_spec(spec_file) if spec_file else _preset_run(preset_name, size, seed)
         spec = _with_overrides(spec, arm=arm, steps=steps, mlflow_uri=mlflow_uri)

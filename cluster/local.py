@@ -119,6 +119,11 @@ class EmbeddedHead:
         return self.temp_dir / "session_latest" / "logs" if self.temp_dir else None
 
     def start(self, timeout: float = 120) -> EmbeddedHead:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> EmbeddedHead:
+        """Start the head's process and return at once (`wait_ready` waits for it): a caller can import its heavy
+        modules while the head comes up."""
         # a short path: Ray's unix sockets live under it and their names must stay under ~107 bytes
         self.temp_dir = Path(tempfile.mkdtemp(prefix="myopia-ray-", dir="/tmp"))
         self.ports = {flag: free_port() for flag in PORT_FLAGS}
@@ -134,6 +139,9 @@ class EmbeddedHead:
         self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
         self.pid = self.proc.pid
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> EmbeddedHead:
         deadline = time.monotonic() + timeout
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -178,12 +186,13 @@ class EmbeddedHead:
         self.restarts += 1
         self.start()
 
-    def stop(self) -> None:
-        """SIGTERM: `ray start --block` stops what it started; the process group is killed if it lingers."""
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM: `ray start --block` stops what it started; the process group is killed if it lingers past
+        `grace` seconds (0: at once, for a throwaway head whose jobs are over)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
@@ -237,18 +246,34 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
         return
-    if _driver_head is None or not _driver_head.answers():
-        _driver_head = EmbeddedHead(num_cpus).start()
-        atexit.register(_driver_head.stop)
+    if _driver_head is None:
+        launch_ray(num_cpus)
+    if not _driver_head.answers():
+        _driver_head.wait_ready()
     ray.init(address=_driver_head.gcs_address, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def launch_ray(num_cpus: int | None = None) -> None:
+    """Start the embedded head `ensure_ray` will connect to, without waiting for it (nothing when RAY_ADDRESS names a
+    cluster): a command calls this first and imports torch and the trainers while the head comes up."""
+    global _driver_head
+    configure_loopback()
+    if _driver_head is None and not os.environ.get("RAY_ADDRESS"):
+        _driver_head = EmbeddedHead(num_cpus).launch()
+        atexit.register(_stop_driver_head)
+
+
+def _stop_driver_head() -> None:
+    """At exit, or when the command is done: the driver's own head holds nothing worth a graceful stop."""
+    global _driver_head
+    if _driver_head is not None:
+        _driver_head.stop(grace=0)
+        _driver_head = None
 
 
 def stop_ray() -> None:
     """Disconnect, and stop the head `ensure_ray` started."""
-    global _driver_head
     import ray
 
     ray.shutdown()
-    if _driver_head is not None:
-        _driver_head.stop()
-        _driver_head = None
+    _stop_driver_head()
