@@ -151,7 +151,7 @@ def presets() -> None:
 
 @main.group()
 def data() -> None:
-    """Fetch and tokenize the offline corpora (DATA.md)."""
+    """Fetch and tokenize the offline corpora (docs/data.md)."""
 
 
 @data.command("fetch")

@@ -154,7 +154,7 @@ PRESET_HELP = "a named sweep (`myopia presets`); the file's fields override it"
 @click.argument("request_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--preset", help=PRESET_HELP)
 @click.option(
-    "--profile", help="resource profile of cluster/resources.yaml (default: the preset's, else MYOPIA_RESOURCE_PROFILE)"
+    "--profile", help="resource profile of cluster/resources.yaml (default: MYOPIA_RESOURCE_PROFILE, as the server)"
 )
 def sweep_plan(request_file: str | None, preset: str | None, profile: str | None) -> None:
     """Print the runs a sweep request plans to, as JSON {"runs": [RunSpec, ...]}, without a server: the specs its
@@ -162,14 +162,14 @@ def sweep_plan(request_file: str | None, preset: str | None, profile: str | None
     from pydantic import ValidationError
 
     from services.errors import InvalidRequest
-    from services.planner import SweepRequest, plan, profile_of
+    from services.planner import SweepRequest, plan
     from services.settings import Settings
     from trainers.spec import error_path
 
     body = request_body(request_file, preset)
     body.setdefault("name", body.get("preset") or "plan")
     try:
-        profile = profile or profile_of(body, Settings().resource_profile)
+        profile = profile or Settings().resource_profile  # the server's rule: what it stores is what this prints
         pairs = plan(SweepRequest.model_validate(body), profile=profile)
     except ValidationError as e:
         raise click.ClickException("; ".join(f"{error_path(err)}: {err['msg']}" for err in e.errors())) from None

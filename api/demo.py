@@ -19,6 +19,7 @@ import click
 import httpx
 
 from api.client_cli import Api, console, fit_lines, follow, results_table, submit
+from services.presets import LADDER_CORPUS
 from services.settings import Settings
 from trainers import corpora
 
@@ -78,7 +79,8 @@ def control_plane(port: int, env: dict[str, str], log: Path) -> Iterator[Api]:
 
 def run_demo(port: int = 0, json_out: str | None = None) -> dict[str, Any]:
     settings = Settings()
-    corpora.fetch(["wiki"], log=console.print)  # the text ladder's corpus and the tokenizer (once; then cached)
+    # the text sweep's corpora and the tokenizer (once; then cached)
+    corpora.fetch(corpora.corpus_names(LADDER_CORPUS) or [], log=console.print)
     out_dir = settings.data_dir.expanduser() / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()

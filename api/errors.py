@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, IntegrityError, ProgrammingError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.store import StoreUnavailable
 from trainers.spec import error_path
+
+log = logging.getLogger(__name__)
 
 
 def error(code: int, kind: str, message: str) -> JSONResponse:
@@ -59,3 +63,10 @@ def install(app: FastAPI) -> None:
     async def _store_failing(_: Request, e: DatabaseError) -> JSONResponse:
         # a read-only, locked or corrupted database: the service cannot take the request now (nothing stored)
         return error(503, "unavailable", f"database: {str(e.orig)[:300]}")
+
+    @app.exception_handler(IntegrityError)
+    @app.exception_handler(ProgrammingError)
+    async def _store_misused(_: Request, e: DatabaseError) -> JSONResponse:
+        # the database works and refused what this service asked: a bug here, not an unavailable store
+        log.error("database refused a statement: %s", e)
+        return error(500, "internal", "internal error (logged)")

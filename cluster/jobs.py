@@ -19,6 +19,7 @@ from typing import Any
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from trainers.job_protocol import SPEC_FILE
+from trainers.runtime import RAY_TRAIN_ENV
 
 ACTIVE = {JobStatus.PENDING, JobStatus.RUNNING}
 TRAINERS = Path(__file__).resolve().parents[1] / "trainers"
@@ -86,7 +87,7 @@ class Jobs:
     def submit(self, sid: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="myopia-job-") as job_dir:
             (Path(job_dir) / SPEC_FILE).write_text(json.dumps(spec))
-            runtime_env: dict[str, Any] = {"working_dir": job_dir, "env_vars": env or {}}
+            runtime_env: dict[str, Any] = {"working_dir": job_dir, "env_vars": {**RAY_TRAIN_ENV, **(env or {})}}
             if self.remote:
                 runtime_env["py_modules"] = [str(TRAINERS)]
             self.client.submit_job(

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainers.runtime import RAY_TRAIN_ENV
+
 LOOPBACK_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     # Ray reads this once, when first imported: without it a local head binds the host's interface address
@@ -136,7 +138,8 @@ class EmbeddedHead:
         for flag, port in self.ports.items():
             cmd += [flag, str(port)]
         log = (self.temp_dir / "head.log").open("w")
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+        env = {**RAY_TRAIN_ENV, **os.environ, **self.env}  # (the raylet's environment is its workers')
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
         self.pid = self.proc.pid
         return self

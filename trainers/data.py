@@ -30,6 +30,7 @@ from trainers.spec import HFData, RunSpec, TextData
 EOS = 0  # Pythia's <|endoftext|>, between documents in packed shards
 SPLIT_BUCKETS = 10_000  # held-out share resolution: a document is held out when hash(id) % 10,000 < share × 10,000
 Documents = Iterable[tuple[str, str]]  # (document id, text)
+TEXT_SUFFIXES = (".txt", ".md")
 
 
 # ------------------------------------------------------------------------------------------------ documents
@@ -53,11 +54,13 @@ def read_documents(corpus: str, root: Path | None = None) -> tuple[str, list[tup
         return corpus, docs
     path = Path(corpus).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".txt", ".md", ""))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ""))
         if not files:
             raise DataError(f"{path} holds no .txt or .md files")
         docs = [(str(p.relative_to(path)), _read_text(p)) for p in files]
     elif path.is_file():  # one file: its blank-line-separated paragraphs are the documents
+        if path.suffix not in TEXT_SUFFIXES:  # never a store, a key or a state file that happens to lie nearby
+            raise DataError(f"{path} is not a text file ({', '.join(TEXT_SUFFIXES)})")
         docs = [
             (f"{path.name}#{i}", para) for i, para in enumerate(re.split(r"\n\s*\n", _read_text(path))) if para.strip()
         ]

@@ -22,8 +22,16 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from trainers.data import DataError, check_source
 from trainers.job_protocol import error_line, progress_file, result_line, run_storage
-from trainers.loop import train_loop
 from trainers.spec import RunSpec, SpecError, load_spec
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs. A function of this module, which imports nothing heavy at the top: Ray
+    Train's controller unpickles it (importing its module) before any worker starts, and need not import torch's
+    model code, DeepSpeed or MLflow for that."""
+    from trainers.loop import train_loop as loop
+
+    loop(config)
 
 
 def run_name(spec: RunSpec) -> str:

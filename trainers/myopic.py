@@ -1,6 +1,6 @@
 """Myopic attention for GPT-NeoX: the forward of vanilla attention, the backward without past-position gradients.
 
-See SCIENCE.md. For the loss at query i, every attention layer sees the positions j < i only through tensors that
+See docs/science.md. For the loss at query i, every attention layer sees the positions j < i only through tensors that
 carry no gradient back into them: the attention input x_j (variant `hidden`, the paper's) or the keys and values
 k_j, v_j (variant `kv`). `beta` scales the gradient through every edge from a query to an earlier position.
 
@@ -258,7 +258,7 @@ def _reference_attention(
     """Explicit T×T attention with past keys/values built from (1 − beta)·detached + beta·live inputs.
 
     With `module.cut = c`, positions j < c use fully detached inputs and nothing else is special: running this
-    once per c and backpropagating the loss at c alone is SCIENCE.md's brute-force definition.
+    once per c and backpropagating the loss at c alone is the brute-force definition of docs/science.md.
     """
     s = module.myopia
     B, T, _ = x.shape

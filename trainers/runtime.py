@@ -6,6 +6,10 @@ import os
 
 from trainers.paths import data_dir
 
+# What Ray's processes for a run need in their environment, set where they start (a job's env_vars, an embedded
+# head's): Ray Train's controller polls its workers every 2 s by default, which a short run waits for at its end.
+RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
 
 def configure_deepspeed_env() -> None:
     """Before deepspeed is imported: it chooses its accelerator at import time. On CPU it JIT-builds a

@@ -1,8 +1,8 @@
 """RunSpec: everything one training run depends on, as one pydantic model (JSON in, JSON out).
 
-The control plane and the trainers meet only here: a run is fully determined by its spec (DESIGN.md). The two arms
-of a pair (and the optional bigram reference) are specs that differ in `attention.mode` alone; `check_matched`
-refuses anything else.
+The control plane and the trainers meet only here: a run is fully determined by its spec (docs/architecture.md).
+The two arms of a pair (and the optional bigram reference) are specs that differ in `attention.mode` alone;
+`check_matched` refuses anything else.
 """
 
 from __future__ import annotations
@@ -34,10 +34,15 @@ def field_error(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("spec_field", message, {"field": field})
 
 
+DATA_KINDS = ("synthetic", "text", "hf")  # the tags of the data section's union
+
+
 def error_path(err: Any, prefix: tuple[str, ...] = ()) -> str:
-    """The dotted path of a validation error, with the field a cross-field check names."""
+    """The dotted path of a validation error (`data.p`: without the union's tag pydantic puts in its location), with
+    the field a cross-field check names."""
+    loc = [str(p) for i, p in enumerate(err["loc"]) if not (i and err["loc"][i - 1] == "data" and p in DATA_KINDS)]
     field = (err.get("ctx") or {}).get("field")
-    return ".".join([*prefix, *(str(p) for p in err["loc"]), *([field] if field else [])]) or "(top level)"
+    return ".".join([*prefix, *loc, *([field] if field else [])]) or "(top level)"
 
 
 class Strict(BaseModel):

@@ -1,4 +1,4 @@
-"""The synthetic task D_p of SCIENCE.md and the GPT-NeoX regression model that learns it.
+"""The synthetic task D_p of docs/science.md and the GPT-NeoX regression model that learns it.
 
 Inputs (x_n, z_n): x_n ~ N(0, 1), z_n ~ Bernoulli(p). Target y_n = z_n · Σ_{i=1..lags} sin(b·x_{n−i}) + (1 − z_n)·x_n
 (x_j = 0 for j < 0). sin(b·x_n) is useless at n and needed at n+1..n+lags: the task forces pre-caching, so a

@@ -91,7 +91,7 @@ def test_idempotency_key_returns_the_same_sweep(server):
     [
         ({"sizes": ["3b"]}, "sizes.0"),
         ({"seeds": []}, "seeds"),
-        ({"run": {"data": {"kind": "synthetic", "p": 0}}}, "run.data.synthetic.p"),
+        ({"run": {"data": {"kind": "synthetic", "p": 0}}}, "run.data.p"),
         ({"sizes": []}, "sizes"),
         ({"arms": ["vanilla", "vanilla"]}, "arms"),
         ({"run": {"train": {"steps": -1}}}, "run.train.steps"),
@@ -114,27 +114,30 @@ def test_presets_over_http(server):
         assert made.status_code == 201, made.text
         sweep = made.json()
         assert sweep["name"] == "demo" and len(sweep["runs"]) == 8  # 2 sizes × 2 seeds × 2 arms
-        assert sweep["request"]["run"]["train"]["steps"] == 60 and sweep["request"]["preset"] == "demo"
+        assert sweep["request"]["run"]["train"]["steps"] == 300 and sweep["request"]["preset"] == "demo"
         bad = c.post("/v1/sweeps", json={"preset": "nope"})
         assert bad.status_code == 422 and any(d["field"] == "preset" for d in bad.json()["detail"])
         bad = c.post("/v1/sweeps", json={"preset": "demo", "run": {"train": {"steps": 0}}})
         assert bad.status_code == 422 and "run.train.steps" in bad.json()["message"]
 
 
-@pytest.mark.parametrize("preset", ["pythia-paper", "synthetic-paper"])
-def test_the_api_stores_the_plan_the_cli_prints(tmp_path, preset):
+@pytest.mark.parametrize("preset,profile", [("pythia-paper", "gpu"), ("synthetic-paper", None)])
+def test_the_api_stores_the_plan_the_cli_prints(tmp_path, monkeypatch, preset, profile):
+    """With the same profile setting (or none, on both sides), the server stores what `sweep plan` prints."""
     import json
 
     from click.testing import CliRunner
 
     from api.cli import main
 
-    srv = Server(Settings(data_dir=tmp_path, resource_profile="gpu")).start()
+    if profile:
+        monkeypatch.setenv("MYOPIA_RESOURCE_PROFILE", profile)
+    srv = Server(Settings(data_dir=tmp_path)).start()
     try:
         stored = httpx.post(f"{srv.url}/v1/sweeps", json={"preset": preset}).json()["runs"]
     finally:
         srv.stop()
-    printed = CliRunner().invoke(main, ["sweep", "plan", "--preset", preset, "--profile", "gpu"])
+    printed = CliRunner().invoke(main, ["sweep", "plan", "--preset", preset])
     assert printed.exit_code == 0, printed.output
     planned = [RunSpec.model_validate(r) for r in json.loads(printed.output)["runs"]]
     assert len(stored) == len(planned) == {"pythia-paper": 16, "synthetic-paper": 6}[preset]

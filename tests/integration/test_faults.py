@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -44,6 +46,25 @@ class FlakySubmissions(Jobs):
             self.failures_left -= 1
             raise RuntimeError("Request failed with status code 503: No available agent to submit job")
         return super().submit(sid, spec, env)
+
+
+def test_the_embedded_head_refuses_clients_without_its_token(head):
+    """Token auth on: the job server (which runs code on the cluster) and the GCS refuse a client without it."""
+    import httpx
+
+    url = f"{head['address']}/api/version"
+    assert httpx.get(url, timeout=10).status_code in (401, 403)
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code in (401, 403)
+    assert httpx.get(url, headers={"Authorization": f"Bearer {head['head'].token}"}, timeout=10).status_code == 200
+    # Ray's own client, in a process without this one's token (this one holds it: it started the head)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    code = "import sys\nfrom ray.job_submission import JobSubmissionClient\n"
+    code += "JobSubmissionClient(sys.argv[1]).submit_job(entrypoint='true')"
+    refused = subprocess.run(
+        [sys.executable, "-c", code, head["address"]], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode != 0 and ("401" in refused.stderr or "nauthori" in refused.stderr), refused.stderr[-2000:]
+    assert not [sid for sid in head["jobs"].submission_ids() if sid.startswith("raysubmit")]
 
 
 def test_a_poisoned_run_and_a_failing_submission_do_not_stop_the_queue(head, tmp_path):

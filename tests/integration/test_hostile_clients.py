@@ -4,6 +4,7 @@ store that goes read-only, missing or corrupt. No Ray here: the control plane ru
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -175,8 +176,11 @@ def test_lists_come_a_page_at_a_time_with_utc_times(server):
     runs = httpx.get(f"{server.url}/v1/sweeps/{ids[0]}/runs", params={"limit": 3}, headers=AUTH).json()
     rest = httpx.get(f"{server.url}/v1/sweeps/{ids[0]}/runs", params={"cursor": runs["next_cursor"]}, headers=AUTH)
     assert len(runs["items"]) == 3 and len(rest.json()["items"]) == 5 and rest.json()["next_cursor"] is None
-    bad = httpx.get(f"{server.url}/v1/sweeps", params={"cursor": "garbage"}, headers=AUTH)
-    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "query.cursor"
+    well_formed = base64.urlsafe_b64encode(json.dumps(["x", "y"]).encode()).decode()  # the shape, not a time
+    for cursor in ("garbage", well_formed):
+        for path in ("/v1/sweeps", "/v1/schedules"):
+            bad = httpx.get(f"{server.url}{path}", params={"cursor": cursor, "limit": 2}, headers=AUTH)
+            assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "query.cursor", (path, bad.text)
 
 
 def test_a_schedule_that_never_fires_is_refused(server):

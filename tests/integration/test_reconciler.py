@@ -73,7 +73,8 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
         return httpx.get(f"{url}/v1/sweeps/{sweep_id}").json()
 
     first = serve()
-    sweep_id = httpx.post(f"{url}/v1/sweeps", json=SWEEP).json()["id"]
+    request = {**SWEEP, "arms": ["vanilla", "myopic", "bigram"]}  # with the reference arm
+    sweep_id = httpx.post(f"{url}/v1/sweeps", json=request).json()["id"]
     until(lambda: any(r["status"] == "running" for r in sweep()["runs"]), timeout=120)
     first.kill()  # SIGKILL mid-run: no shutdown of any kind
     first.wait()
@@ -90,9 +91,14 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     ids = [sid for sid in head["jobs"].submission_ids() if sid.startswith(sweep_id)]
     assert sorted(ids) == sorted(f"{r['id']}-a0" for r in done["runs"])  # one job per run: nothing twice
     assert results["sizes"][0]["n_params_nonembedding"] == 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64  # the overrides
-    assert results["sizes"][0]["n_pairs"] == 1 and results["pairs"][0]["gap"] == pytest.approx(
-        results["pairs"][0]["myopic_loss"] - results["pairs"][0]["vanilla_loss"]
-    )
+    (size,), (pair,) = results["sizes"], results["pairs"]
+    assert size["n_pairs"] == 1 and pair["gap"] == pytest.approx(pair["myopic_loss"] - pair["vanilla_loss"])
+    # one pair: no interval over seeds, one over the 32 held-out sequences, centred on the gap (to the rounding)
+    lo, hi = pair["gap_eval_ci95"]
+    assert size["gap_ci95"] is None and size["gap_eval_ci95"] == pytest.approx([lo, hi])
+    assert (lo + hi) / 2 == pytest.approx(pair["gap"], abs=1e-5)
+    benefit = pair["bigram_loss"] - pair["vanilla_loss"]
+    assert size["share_lost"] == pytest.approx(pair["gap"] / benefit) and size["share_lost_eval_ci95"] is not None
     check_mlflow(results)
 
 
@@ -114,9 +120,40 @@ def check_mlflow(results: dict) -> None:
     assert pair_run.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
     assert pair_run.data.metrics["gap"] == pytest.approx(row["gap"])
     assert pair_run.data.metrics["n_params_nonembedding"] == row["n_params_nonembedding"]
+    assert pair_run.data.metrics["bigram_loss"] == pytest.approx(row["bigram_loss"])
+    assert [pair_run.data.metrics[f"gap_eval_ci95_{end}"] for end in ("low", "high")] == pytest.approx(
+        row["gap_eval_ci95"]
+    )
+    assert sweep_run.data.metrics["share_lost.14m"] == pytest.approx(results["sizes"][0]["share_lost"])
     arms = client.search_runs([links["experiment_id"]], f"tags.mlflow.parentRunId = '{pair_run.info.run_id}'")
-    assert sorted(r.data.tags["arm"] for r in arms) == ["myopic", "vanilla"]
+    assert sorted(r.data.tags["arm"] for r in arms) == ["bigram", "myopic", "vanilla"]
     assert all(r.info.status == "FINISHED" for r in arms)
+
+
+def test_mlflow_down_holds_a_run_in_the_queue_without_failing_it(head, tmp_path, monkeypatch):
+    """MLflow does not answer when a run is due: the run waits, queued, with no failure counted and no job; once the
+    tracking store answers, it is submitted."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # (the client's retries would only slow the test)
+    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    sweep, _ = create_sweep(db, SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"]}), mlflow_uri=down)
+    rec = reconciler(head, db)
+    for _ in range(2):
+        rec.tick()
+    (run,) = get_sweep(db, sweep.id).runs
+    assert (run.status, run.failures, run.submission_id) == ("queued", 0, None)
+    assert rec.tracking_error and "MLflow" in rec.tracking_error
+    assert not [sid for sid in head["jobs"].submission_ids() if sid.startswith(sweep.id)]
+    with db.begin() as s:  # the operator points the run at a store that answers
+        stored = s.get(type(run), run.id)
+        stored.spec = {
+            **stored.spec,
+            "tracking": {**stored.spec["tracking"], "mlflow_uri": f"sqlite:///{tmp_path}/m.db"},
+        }
+    rec.tick()
+    assert get_run(db, run.id).status == "submitted" and rec.tracking_error is None
+    cancel_sweep(db, sweep.id)  # (its job is not needed here)
+    rec.tick()
 
 
 def test_cancel_stops_the_job(head, tmp_path):

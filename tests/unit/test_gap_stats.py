@@ -29,7 +29,7 @@ def test_one_seed_has_no_interval_and_unpaired_input_is_refused():
 
 
 def test_fit_against_numpy_on_the_papers_pythia_gaps():
-    """The paper's Pythia gaps (SCIENCE.md) against log10 non-embedding parameters."""
+    """The paper's Pythia gaps (docs/science.md) against log10 non-embedding parameters."""
     sizes = {
         "14m": 1_189_888,
         "31m": 4_739_072,

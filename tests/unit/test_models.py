@@ -13,7 +13,7 @@ from tests.oracle import tiny_config
 from trainers.models import PYTHIA_SIZES, build_model, count_params, load_model, pythia_config
 from trainers.myopic import MyopicGPTNeoXAttention, attention_settings, set_attention
 
-# SCIENCE.md: (total, non-embedding) parameters of the Hugging Face Pythia checkpoints
+# (total, non-embedding) parameters of the Hugging Face Pythia checkpoints, as their configs give them
 PYTHIA_COUNTS = {
     "14m": (14_067_712, 1_189_888),
     "31m": (30_494_720, 4_739_072),

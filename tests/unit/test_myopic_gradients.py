@@ -1,4 +1,4 @@
-"""The fused myopic backward against its brute-force definition (SCIENCE.md), in float64, on every parameter."""
+"""The fused myopic backward against its brute-force definition (docs/science.md), in float64, on every parameter."""
 
 from __future__ import annotations
 

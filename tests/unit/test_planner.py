@@ -91,7 +91,7 @@ def test_finetune_checkpoint_pattern_substitutes_size_only():
         ({"arms": ["vanilla", "sideways"]}, "arms.1"),
         ({"colour": "red"}, "colour"),
         ({"lr_scale": float("inf")}, "lr_scale"),
-        ({"run": {"data": {"kind": "synthetic", "p": 1.5}}}, "run.data.synthetic.p"),
+        ({"run": {"data": {"kind": "synthetic", "p": 1.5}}}, "run.data.p"),
         ({"run": {"train": {"steps": 0}}}, "run.train.steps"),
         ({"run": {"train": {"stepz": 3}}}, "run.train.stepz"),
         ({"run": {"attention": {"beta": -1}}}, "run.attention.beta"),
@@ -116,7 +116,7 @@ def test_repeats_are_refused():
 
 def test_a_preset_fills_what_the_request_leaves_out():
     demo = SweepRequest.model_validate({"preset": "demo"})
-    assert demo.name == "demo" and demo.sizes == ["14m", "31m"] and demo.run.data.kind == "text"
+    assert demo.name == "demo" and demo.sizes == ["0.1m", "0.4m"] and demo.run.data.kind == "text"
     mine = SweepRequest.model_validate(
         {"preset": "demo", "name": "mine", "seeds": [3, 4], "run": {"train": {"steps": 7}}}
     )
@@ -128,7 +128,7 @@ def test_a_preset_fills_what_the_request_leaves_out():
 
 
 def test_pythia_paper_is_the_papers_protocol():
-    """PAPER.md section 3.2, value by value."""
+    """The paper's section 3.2 (docs/science.md), value by value."""
     runs = {
         p.size: p.runs["myopic"] for p in plan(SweepRequest.model_validate({"preset": "pythia-paper"}), profile="gpu")
     }
@@ -157,7 +157,7 @@ def test_pythia_paper_is_the_papers_protocol():
 
 
 def test_synthetic_paper_is_the_papers_configuration():
-    """PAPER.md section 2, value by value; the other p values of the paper are one field away."""
+    """The paper's section 2 (docs/science.md), value by value; the other p values of the paper are one field away."""
     (pair,) = plan(SweepRequest.model_validate({"preset": "synthetic-paper", "seeds": [0]}))
     s = pair.runs["myopic"]
     assert (s.data.kind, s.data.p, s.data.b, s.data.lags, s.train.seq_len) == ("synthetic", 1.0, 10.0, 10, 64)

@@ -23,7 +23,7 @@ def test_json_round_trip():
         ({"colour": "red"}, "colour"),
         ({"model": {"size": "3b"}}, "model.size"),
         ({"model": {"overrides": {"hiden_size": 8}}}, "hiden_size"),
-        ({"data": {"kind": "synthetic", "p": 0}}, "data.synthetic.p"),
+        ({"data": {"kind": "synthetic", "p": 0}}, "data.p"),
         ({"data": {"kind": "tape"}}, "data"),
         ({"attention": {"beta": 2}}, "attention.beta"),
         ({"protocol": {"kind": "finetune"}}, "protocol.checkpoint"),

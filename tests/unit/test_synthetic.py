@@ -27,7 +27,7 @@ def test_targets_follow_the_definition():
 def test_predicting_zero_scores_about_1_26_at_p_1():
     _, y, _ = SyntheticTask(p=1.0, b=10.0).sample(4096, torch.Generator().manual_seed(0))
     huber = torch.nn.functional.huber_loss(torch.zeros_like(y), y, delta=1.0)
-    assert huber.item() == pytest.approx(1.257, abs=0.02)  # SCIENCE.md
+    assert huber.item() == pytest.approx(1.257, abs=0.02)  # docs/science.md
 
 
 def test_bad_task_parameters_are_named():

@@ -1,0 +1,76 @@
+"""A finished sweep's results as the markdown tables of docs/results.md, and its plot, from the REST API.
+
+    python bench/sweep_report.py SWEEP_ID --png docs/figures/cpu_ladder.png   # MYOPIA_API_URL, MYOPIA_API_TOKEN
+
+Per size: the losses, the gap with its interval over seeds and over held-out sequences, and (with a bigram arm) the
+share of the context benefit lost; then the gap by position band, mean over seeds with its interval over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from api.client_cli import Api
+from services.gap_stats import mean_interval
+
+BANDS = [(0, 1), (1, 10), (10, 32), (32, 64), (64, None)]  # positions (0-based) of the predicting token
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "—" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweep_id")
+    ap.add_argument("--png", help="write the sweep's plot here")
+    args = ap.parse_args()
+    api = Api.from_env()
+    res = api.call("GET", f"/v1/sweeps/{args.sweep_id}/results").json()
+    bigram = any(s.get("bigram_loss_mean") is not None for s in res["sizes"])
+    head = ["size", "non-embedding params", "seeds", "vanilla", "myopic", *(["bigram"] if bigram else []), "gap"]
+    head += ["95% CI over seeds", "95% CI over held-out sequences"]
+    head += ["share of context benefit lost"] if bigram else []
+    print("| " + " | ".join(head) + " |")
+    print("|---" * len(head) + "|")
+    for s in res["sizes"]:
+        row = [s["size"], f"{s['n_params_nonembedding']:,}", str(s["n_pairs"]), f"{s['vanilla_loss_mean']:.4f}"]
+        row += [f"{s['myopic_loss_mean']:.4f}"] + ([f"{s['bigram_loss_mean']:.4f}"] if bigram else [])
+        row += [f"**{s['gap_mean']:+.4f}**", _ci(s["gap_ci95"]), _ci(s["gap_eval_ci95"])]
+        if bigram:
+            share = s.get("share_lost")
+            ci = s.get("share_lost_ci95") or s.get("share_lost_eval_ci95")
+            row.append("—" if share is None else f"{share:.3f} {_ci(ci)}")
+        print("| " + " | ".join(row) + " |")
+    for key, what in (("fit", "all sizes"), ("fit_from_160m", "from 160m")):
+        f = res.get(key)
+        if f:
+            lo, hi = f["slope_ci95"]
+            print(f"\nfit over {what}: {f['slope']:+.4f} per decade of non-embedding parameters, 95% CI "
+                  f"[{lo:+.4f}, {hi:+.4f}] ({'weighted by SE over seeds' if f['weighted'] else 'unweighted'}), "
+                  f"R² {f['r_squared']:.3f}")  # fmt: skip
+    curves: dict[str, list[list[float]]] = defaultdict(list)
+    for pair in res["pairs"]:
+        curves[pair["size"]].append(pair["gap_per_position"])
+    print("\ngap by position (mean over seeds; 95% CI over seeds)\n")
+    names = [f"position {a}" if b == a + 1 else f"{a}–{(b or 0) - 1}" if b else f"{a}–end" for a, b in BANDS]
+    print("| size | " + " | ".join(n if n.startswith("position ") else f"positions {n}" for n in names) + " |")
+    print("|---" * (len(BANDS) + 1) + "|")
+    for size in [s["size"] for s in res["sizes"]]:
+        cells = []
+        for a, b in BANDS:
+            per_seed = [float(np.mean(c[a:b])) for c in curves[size]]
+            mean, _, ci = mean_interval(per_seed)
+            cells.append(f"{mean:+.4f} {_ci(ci)}")
+        print(f"| {size} | " + " | ".join(cells) + " |")
+    if args.png:
+        Path(args.png).write_bytes(api.call("GET", f"/v1/sweeps/{args.sweep_id}/results.png").content)
+        print(f"\nplot: {args.png}")
+
+
+if __name__ == "__main__":
+    main()
