@@ -67,7 +67,8 @@ def _template_of(model: type[BaseModel], prefix: str = "") -> type[BaseModel]:
         if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
             annotation = _template_of(info.annotation, f"{path}.")
         elif get_origin(info.annotation) is Union:  # the data section: one of its kinds, whole
-            annotation = Annotated[info.annotation, Field(discriminator=info.discriminator)]  # on the union, not None
+            # with its Discriminator (the data section's): the kind picks the model, whose errors alone are reported
+            annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
             partial = Field(None, description=info.description)
         else:
             annotation = info.annotation

@@ -9,7 +9,7 @@ from cluster.resources import placement
 from services.errors import InvalidRequest
 from services.planner import SweepRequest, plan, preset_run
 from services.presets import PRESETS
-from trainers.spec import check_matched
+from trainers.spec import check_matched, error_path
 
 
 def request(**fields):
@@ -21,7 +21,7 @@ def errors_of(body: dict, profile: str = "cpu") -> list[str]:
     try:
         plan(SweepRequest.model_validate({"name": "x", "sizes": ["14m"], "seeds": [0], **body}), profile=profile)
     except ValidationError as e:
-        return [".".join(str(p) for p in err["loc"]) for err in e.errors()]
+        return [error_path(err) for err in e.errors()]  # as the API and the CLI name them
     except InvalidRequest as e:
         return [field for field, _ in e.errors]
     return []
@@ -116,7 +116,7 @@ def test_repeats_are_refused():
 
 def test_a_preset_fills_what_the_request_leaves_out():
     demo = SweepRequest.model_validate({"preset": "demo"})
-    assert demo.name == "demo" and demo.sizes == ["0.1m", "0.4m"] and demo.run.data.kind == "text"
+    assert demo.name == "demo" and demo.sizes == ["0.1m"] and demo.run.data.kind == "text"
     mine = SweepRequest.model_validate(
         {"preset": "demo", "name": "mine", "seeds": [3, 4], "run": {"train": {"steps": 7}}}
     )
