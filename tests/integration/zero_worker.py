@@ -9,12 +9,9 @@ import torch
 import torch.distributed as dist
 
 from tests.oracle import lm_loss, tiny_config
+from trainers.models import build_model
+from trainers.myopic import set_attention
 from trainers.runtime import configure_deepspeed_env
-
-configure_deepspeed_env()  # this script is an entry point: before deepspeed is imported
-from trainers import engine as eng  # noqa: E402
-from trainers.models import build_model  # noqa: E402
-from trainers.myopic import set_attention  # noqa: E402
 
 MODES = [("vanilla", "hidden"), ("myopic", "hidden"), ("myopic", "kv")]
 STEPS, GLOBAL_BATCH, T = 3, 4, 16
@@ -41,6 +38,9 @@ def full(tensor_of: object, params: list[tuple[str, torch.nn.Parameter]], stage:
 
 
 def main(out: str) -> None:
+    configure_deepspeed_env()  # this script is an entry point: before deepspeed is imported
+    from trainers import engine as eng
+
     eng.init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
