@@ -27,6 +27,7 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None, head:
     async def lifespan(app: FastAPI):
         app.state.db = connect(settings.database)  # migrates: a restarted control plane finds its sweeps
         background = control_plane(app.state.db, settings, jobs, head)
+        app.state.background = background
         background.start()
         yield
         background.stop()

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import sessionmaker
 
 from cluster.jobs import Jobs
+from services.background import Background
 from services.settings import Settings
 
 
@@ -24,6 +25,11 @@ def get_jobs(request: Request) -> Jobs | None:
     return request.app.state.jobs
 
 
+def get_background(request: Request) -> Background | None:
+    return getattr(request.app.state, "background", None)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Db = Annotated[sessionmaker, Depends(get_db)]
 JobsDep = Annotated[Jobs | None, Depends(get_jobs)]
+BackgroundDep = Annotated[Background | None, Depends(get_background)]

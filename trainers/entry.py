@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -144,4 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush(), sys.stderr.flush()
+    # The job is done and its result printed: skip the interpreter's teardown (Ray's driver shutdown, torch's
+    # atexit work; about 2 s) so the job ends, and its result is stored, that much sooner. The cluster notices a
+    # driver that is gone as it notices one that said goodbye.
+    os._exit(code)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import Db, SettingsDep
+from api.deps import BackgroundDep, Db, SettingsDep
 from api.schemas import ErrorOut, RunOut, RunPage, SweepOut, SweepPage, SweepSummary
 from services import results, sweeps
 from services.planner import SweepRequest
@@ -28,6 +28,7 @@ def create_sweep(
     body: SweepRequest,
     db: Db,
     settings: SettingsDep,
+    background: BackgroundDep,
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]*$")] = None,
 ):
     """Plan the request into matched pairs and queue their runs. A known Idempotency-Key returns its sweep (200)
@@ -40,6 +41,8 @@ def create_sweep(
         profile=settings.resource_profile,
         allowed_roots=settings.data_roots,
     )
+    if created and background is not None:
+        background.wake("reconciler")
     return JSONResponse(status_code=201 if created else 200, content=SweepOut.of(sweep).model_dump(mode="json"))
 
 
