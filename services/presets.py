@@ -174,24 +174,26 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "demo-synthetic": Preset(
-        doc="The demo's D_p pair: synthetic-cpu cut to one seed and 1,500 steps, the paper's `hidden` variant.",
+        doc="The demo's D_p pair: synthetic-cpu cut to one seed and 1,000 steps on one core per arm, the paper's "
+        "`hidden` variant.",
         sizes=["14m"],
         seeds=[0],
         run={
             "model": {"overrides": CPU_DP_MODEL},
             "data": {"kind": "synthetic", "p": 1.0, "b": 3.0, "lags": 10},
-            "train": {"steps": 1500, "seq_len": 64, "global_batch": 64, "checkpoint_interval": 500},
+            "train": {"steps": 1000, "seq_len": 64, "global_batch": 64, "checkpoint_interval": 500},
             "optimizer": {"lr": 3e-3, "warmup_frac": 0.01, **PAPER_OPTIMIZER},
-            "resources": {"zero_stage": 0, "workers": 1},
+            "resources": {"zero_stage": 0, "workers": 1, "cpus_per_worker": 1},
             "attention": {"variant": "hidden"},
             "eval": {"held_out_sequences": 1024},
         },
     ),
     "demo": Preset(
-        doc="The demo's text sweep: cpu-ladder's seed 0 at its smallest shape (0.1m), vanilla and myopic; one pair, "
-        "so its interval is the one over held-out sequences (the whole ladder: preset cpu-ladder, about an hour).",
+        doc="The demo's text sweep: cpu-ladder's seed 0 at its smallest shape (0.1m), vanilla, myopic and the bigram "
+        "reference; one pair, so its intervals are over held-out sequences (the whole ladder: preset cpu-ladder).",
         sizes=["0.1m"],
         seeds=[0],
+        arms=["vanilla", "myopic", "bigram"],
         run=LADDER_RUN,
     ),
 }

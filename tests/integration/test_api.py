@@ -113,7 +113,7 @@ def test_presets_over_http(server):
         made = c.post("/v1/sweeps", json={"preset": "demo", "seeds": [0, 1]})
         assert made.status_code == 201, made.text
         sweep = made.json()
-        assert sweep["name"] == "demo" and len(sweep["runs"]) == 4  # 1 size × 2 seeds × 2 arms
+        assert sweep["name"] == "demo" and len(sweep["runs"]) == 6  # 1 size × 2 seeds × 3 arms
         assert sweep["request"]["run"]["train"]["steps"] == 300 and sweep["request"]["preset"] == "demo"
         bad = c.post("/v1/sweeps", json={"preset": "nope"})
         assert bad.status_code == 422 and any(d["field"] == "preset" for d in bad.json()["detail"])
@@ -233,7 +233,7 @@ def test_the_cli_drives_the_api(server, tmp_path, monkeypatch):
     assert "retry requested" in cli.invoke(main, ["run", "show", run_id]).output
     assert "cancelled" in cli.invoke(main, ["sweep", "cancel", sweep_id]).output
     assert "myopia gap" in cli.invoke(main, ["sweep", "results", sweep_id]).output
-    assert "2 runs, queued" in cli.invoke(main, ["sweep", "submit", "--preset", "demo", "--name", "mine"]).output
+    assert "3 runs, queued" in cli.invoke(main, ["sweep", "submit", "--preset", "demo", "--name", "mine"]).output
     bad = tmp_path / "bad.json"
     bad.write_text('{"name": "x", "sizes": ["3b"], "seeds": [0]}')
     failed = cli.invoke(main, ["sweep", "submit", str(bad)])
