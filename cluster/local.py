@@ -61,9 +61,20 @@ def worker_range_start(taken: set[int]) -> int:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: all bound at once, so the system cannot hand the same one out twice (it does, when
+    each socket is closed before the next is bound, and Ray then refuses to start)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class HeadError(RuntimeError):
@@ -128,7 +139,7 @@ class EmbeddedHead:
         modules while the head comes up."""
         # a short path: Ray's unix sockets live under it and their names must stay under ~107 bytes
         self.temp_dir = Path(tempfile.mkdtemp(prefix="myopia-ray-", dir="/tmp"))
-        self.ports = {flag: free_port() for flag in PORT_FLAGS}
+        self.ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
         worker_port = worker_range_start(set(self.ports.values()))
         ray = str(Path(sys.executable).with_name("ray"))
         cmd = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
