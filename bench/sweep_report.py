@@ -43,8 +43,9 @@ def main() -> None:
         row += [f"**{s['gap_mean']:+.4f}**", _ci(s["gap_ci95"]), _ci(s["gap_eval_ci95"])]
         if bigram:
             share = s.get("share_lost")
-            ci = s.get("share_lost_ci95") or s.get("share_lost_eval_ci95")
-            row.append("—" if share is None else f"{share:.3f} {_ci(ci)}")
+            seeds, seqs = s.get("share_lost_ci95"), s.get("share_lost_eval_ci95")
+            ci = f"{_ci(seeds)} (seeds)" if seeds else f"{_ci(seqs)} (held-out seqs)" if seqs else ""
+            row.append("—" if share is None else f"{share:.3f} {ci}")
         print("| " + " | ".join(row) + " |")
     for key, what in (("fit", "all sizes"), ("fit_from_160m", "from 160m")):
         f = res.get(key)

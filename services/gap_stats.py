@@ -4,8 +4,10 @@ Two intervals, for two sources of variance, each labelled where it is shown:
 - over seeds (training variance): per size, the mean over seeds of the paired differences (myopic − vanilla) with
   a 95% t-interval; one pair has no such interval (None, never a zero-width one);
 - over held-out sequences (evaluation variance): the arms of a pair are scored on the same held-out sequences, so
-  the per-sequence differences (averaged over the size's seeds) give a paired t-interval even for a single pair.
-  It says how well the evaluation set pins this model's gap down, not how a retrained model would land.
+  the per-sequence differences (averaged over the size's seeds) give a paired interval even for a single pair.
+  Neighbouring sequences come from the same documents and are correlated, so the interval is over the means of
+  blocks of EVAL_BLOCK consecutive sequences (batch means), not over sequences as if independent. It says how well
+  the evaluation set pins this model's gap down, not how a retrained model would land.
 With a bigram arm (each position sees only itself): the share of the context benefit that myopia loses,
 (myopic − vanilla) / (bigram − vanilla), with the same two intervals (over sequences by the delta method).
 - Across sizes: a least-squares line of the gap against log10(non-embedding parameters), weighted by each size's
@@ -23,6 +25,7 @@ from pydantic import BaseModel
 from scipy import optimize, stats
 
 DRIFT_ALPHA = 0.05
+EVAL_BLOCK = 16  # held-out sequences per block: 16 windows of 128 tokens span several documents of these corpora
 
 
 Interval = tuple[float, float]
@@ -74,6 +77,24 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float | None, Interva
     return mean, se, (mean - half, mean + half)
 
 
+def blocked_interval(values: Sequence[float], block: int = EVAL_BLOCK) -> Interval | None:
+    """95% interval of the mean of a correlated series in its order (per-sequence differences along the held-out
+    stream) by batch means: a t-interval over the means of consecutive blocks, centred on the overall mean; None
+    with fewer than two blocks."""
+    x = np.asarray(values, dtype=float)
+    blocks = [b.mean() for b in np.array_split(x, len(x) // block)] if len(x) >= 2 * block else []
+    if len(blocks) < 2:
+        return None
+    se = float(np.std(blocks, ddof=1) / math.sqrt(len(blocks)))
+    half = float(stats.t.ppf(0.975, len(blocks) - 1)) * se
+    return (float(x.mean()) - half, float(x.mean()) + half)
+
+
+def block_means(values: Sequence[float], block: int = EVAL_BLOCK) -> np.ndarray:
+    x = np.asarray(values, dtype=float)
+    return np.array([b.mean() for b in np.array_split(x, max(1, len(x) // block))])
+
+
 def ratio_interval(num: Sequence[float], den: Sequence[float]) -> Interval | None:
     """95% interval of mean(num) / mean(den) over paired observations, by the delta method (a t quantile on the
     linearised ratio); None when the denominator's mean is zero or there are fewer than two pairs."""
@@ -114,14 +135,18 @@ def size_gap(
     )
     seq = {arm: np.mean(lists, axis=0) for arm, lists in (per_sequence or {}).items() if lists}  # mean over seeds
     if {"vanilla", "myopic"} <= seq.keys():
-        row.gap_eval_ci95 = mean_interval(seq["myopic"] - seq["vanilla"])[2]
+        row.gap_eval_ci95 = blocked_interval(seq["myopic"] - seq["vanilla"])
     if bigram is not None:
         row.bigram_loss_mean = float(np.mean(bigram))
         benefit = row.bigram_loss_mean - row.vanilla_loss_mean
-        row.share_lost = mean / benefit if benefit else None
+        if benefit <= 0:  # the past does not help (yet): no share of it to lose
+            return row
+        row.share_lost = mean / benefit
         row.share_lost_ci95 = ratio_interval(diffs, [b - v for v, b in zip(vanilla, bigram, strict=True)])
         if {"vanilla", "myopic", "bigram"} <= seq.keys():
-            row.share_lost_eval_ci95 = ratio_interval(seq["myopic"] - seq["vanilla"], seq["bigram"] - seq["vanilla"])
+            row.share_lost_eval_ci95 = ratio_interval(
+                block_means(seq["myopic"] - seq["vanilla"]), block_means(seq["bigram"] - seq["vanilla"])
+            )
     return row
 
 

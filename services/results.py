@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend
 from sqlalchemy.orm import sessionmaker
 
-from services.gap_stats import SizeGap, drift, fit_gap, mean_interval, size_gap
+from services.gap_stats import SizeGap, blocked_interval, drift, fit_gap, size_gap
 from services.store import RunStatus, Sweep
 from services.sweeps import get_sweep
 from trainers.evaluate import headline
@@ -64,7 +64,7 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
 def _eval_interval(vanilla: list[float] | None, myopic: list[float] | None) -> tuple[float, float] | None:
     if not vanilla or not myopic or len(vanilla) != len(myopic):
         return None
-    return mean_interval(np.subtract(myopic, vanilla))[2]
+    return blocked_interval(np.subtract(myopic, vanilla))
 
 
 def _size_row(size: str, group: list[dict[str, Any]]) -> SizeGap:

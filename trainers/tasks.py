@@ -37,6 +37,14 @@ class Task(Protocol):
     def analyse(self, weights: dict[str, torch.Tensor]) -> list[dict] | None: ...
 
 
+def eval_windows(wanted: int, available: int) -> np.ndarray:
+    """The held-out windows a text run is scored on, in stream order: evenly spaced over the whole held-out stream
+    (the first ones alone would come from the first corpora of a mix only), the same for every run of the data."""
+    if wanted >= available:
+        return np.arange(available)
+    return np.unique(np.linspace(0, available - 1, wanted).round().astype(np.int64))
+
+
 class TextTask:
     wants_weights = False
 
@@ -73,11 +81,12 @@ class TextTask:
         return batch.numel()
 
     def evaluate(self, model: Any, rank: int, world: int) -> dict:
-        n = min(self.spec.eval.held_out_sequences, self.shards.n_sequences("heldout"))
-        mine = np.arange(n)[rank::world]
+        windows = eval_windows(self.spec.eval.held_out_sequences, self.shards.n_sequences("heldout"))
+        n = len(windows)
+        mine = np.arange(n)[rank::world]  # positions in the evaluation set (per-sequence losses are kept by them)
         mb = self.spec.train.micro_batch
         batches = [
-            (mine[i : i + mb], torch.from_numpy(self.shards.sequences("heldout", mine[i : i + mb])))
+            (mine[i : i + mb], torch.from_numpy(self.shards.sequences("heldout", windows[mine[i : i + mb]])))
             for i in range(0, len(mine), mb)
         ]
         return evaluate.text_loss(model, batches, n, self.spec.train.seq_len)

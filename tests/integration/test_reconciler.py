@@ -97,8 +97,8 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     lo, hi = pair["gap_eval_ci95"]
     assert size["gap_ci95"] is None and size["gap_eval_ci95"] == pytest.approx([lo, hi])
     assert (lo + hi) / 2 == pytest.approx(pair["gap"], abs=1e-5)
-    benefit = pair["bigram_loss"] - pair["vanilla_loss"]
-    assert size["share_lost"] == pytest.approx(pair["gap"] / benefit) and size["share_lost_eval_ci95"] is not None
+    benefit = pair["bigram_loss"] - pair["vanilla_loss"]  # (12 steps: the past may not help yet)
+    assert size["share_lost"] == (pytest.approx(pair["gap"] / benefit) if benefit > 0 else None)
     check_mlflow(results)
 
 
@@ -124,7 +124,8 @@ def check_mlflow(results: dict) -> None:
     assert [pair_run.data.metrics[f"gap_eval_ci95_{end}"] for end in ("low", "high")] == pytest.approx(
         row["gap_eval_ci95"]
     )
-    assert sweep_run.data.metrics["share_lost.14m"] == pytest.approx(results["sizes"][0]["share_lost"])
+    share = results["sizes"][0]["share_lost"]
+    assert sweep_run.data.metrics.get("share_lost.14m") == (pytest.approx(share) if share is not None else None)
     arms = client.search_runs([links["experiment_id"]], f"tags.mlflow.parentRunId = '{pair_run.info.run_id}'")
     assert sorted(r.data.tags["arm"] for r in arms) == ["bigram", "myopic", "vanilla"]
     assert all(r.info.status == "FINISHED" for r in arms)

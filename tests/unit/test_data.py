@@ -219,3 +219,12 @@ def test_finetune_protocol_loads_a_local_checkpoint(data_root, tmp_path, monkeyp
                 update={"protocol": spec.protocol.model_copy(update={"checkpoint": str(tmp_path / "missing")})}
             )
         ).build_model()
+
+
+def test_text_evaluation_spans_the_whole_held_out_stream():
+    """Evenly spaced held-out windows, in order: a mix's later corpora are scored too, not only its first."""
+    from trainers.tasks import eval_windows
+
+    w = eval_windows(1024, 1558)
+    assert len(w) == 1024 and w[0] == 0 and w[-1] == 1557 and np.all(np.diff(w) >= 1)
+    assert np.array_equal(eval_windows(64, 40), np.arange(40))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from services.gap_stats import fit_gap, mean_interval, ratio_interval, size_gap
+from services.gap_stats import blocked_interval, fit_gap, mean_interval, ratio_interval, size_gap
 
 VANILLA = [4.11, 4.09, 4.15, 4.12]
 MYOPIC = [4.27, 4.22, 4.33, 4.25]
@@ -79,15 +79,20 @@ def test_weighted_fit_against_a_hand_computation():
     assert fit_gap(points, min_params=500_000_000) is None
 
 
-def test_interval_over_held_out_sequences_is_a_paired_t_interval():
-    """One pair still gets an interval: over the paired per-sequence differences on the shared held-out set."""
+def test_interval_over_held_out_sequences_is_over_blocks_of_neighbours():
+    """One pair still gets an interval: over the paired per-sequence differences on the shared held-out set, by batch
+    means (neighbouring sequences share documents), here against scipy's t-interval on the block means."""
     rng = np.random.default_rng(0)
-    vanilla = rng.normal(4.0, 0.5, 300)
-    myopic = vanilla + rng.normal(0.02, 0.05, 300)
+    vanilla = rng.normal(4.0, 0.5, 320)
+    doc_effect = np.repeat(rng.normal(0.0, 0.05, 40), 8)  # 8 sequences per document: correlated differences
+    myopic = vanilla + 0.02 + doc_effect + rng.normal(0.0, 0.01, 320)
     g = size_gap("14m", 1, [vanilla.mean()], [myopic.mean()], per_sequence={"vanilla": [vanilla], "myopic": [myopic]})
-    ci = stats.ttest_rel(myopic, vanilla).confidence_interval(0.95)
+    blocks = (myopic - vanilla).reshape(20, 16).mean(1)
+    ci = stats.ttest_1samp(blocks, 0.0).confidence_interval(0.95)
     assert g.gap_ci95 is None and g.gap_eval_ci95 == pytest.approx((ci.low, ci.high))
-    assert mean_interval([1.0]) == (1.0, None, None)
+    naive = stats.ttest_rel(myopic, vanilla).confidence_interval(0.95)
+    assert g.gap_eval_ci95[1] - g.gap_eval_ci95[0] > 1.5 * (naive.high - naive.low)  # independence would overstate
+    assert mean_interval([1.0]) == (1.0, None, None) and blocked_interval([0.1] * 31) is None
 
 
 def test_share_of_context_benefit_lost_with_both_intervals():
@@ -101,6 +106,8 @@ def test_share_of_context_benefit_lost_with_both_intervals():
     # delta method: a numerator proportional to the denominator has a zero-width interval at the ratio
     assert ratio_interval([0.2, 0.4, 0.6], [1.0, 2.0, 3.0]) == pytest.approx((0.2, 0.2))
     assert ratio_interval([0.2], [1.0]) is None and ratio_interval([1.0, 2.0], [1.0, -1.0]) is None
+    # the past does not help (bigram no worse than vanilla): no share of it to lose
+    assert size_gap("14m", 1, [4.0, 4.1], [4.2, 4.2], bigram=[3.9, 4.0]).share_lost is None
     # against a large-sample check: the interval covers the true ratio in most of 200 simulated evaluations
     rng = np.random.default_rng(1)
     covered = 0
