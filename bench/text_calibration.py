@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from services.gap_stats import mean_interval
+from services.gap_stats import blocked_interval
 from services.planner import preset_run
 from trainers.loop import lr_lambda, param_groups
 from trainers.tasks import TextTask
@@ -67,7 +67,7 @@ def main() -> None:
             out[arm] = train_arm(base.arm(arm), args.threads)
             print(f"| {size} | {arm} | {out[arm][0]['loss']:.4f} | {out[arm][1]:.3f} |", flush=True)
         v, m = (np.array(out[a][0]["per_sequence"]) for a in ("vanilla", "myopic"))
-        gap, _, ci = mean_interval(m - v)
+        gap, ci = float((m - v).mean()), blocked_interval(m - v)
         line = f"{size}: gap {gap:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] over {len(v)} held-out sequences"
         if "bigram" in out:
             b = np.array(out["bigram"][0]["per_sequence"])
