@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 140)  # a log or a pipe gets whole table rows
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -68,10 +69,14 @@ def _interval(ci: list[float] | None, why_none: str = "-") -> str:
 def results_table(res: dict[str, Any]) -> Table:
     drift = any("test" in s for s in res["sizes"])
     bigram = any(s.get("bigram_loss_mean") is not None for s in res["sizes"])
-    columns = ["size", "non-embedding params", "pairs", "vanilla", "myopic", *(["bigram"] if bigram else []), "gap"]
-    columns += ["95% CI over seeds", "95% CI over held-out seqs"]
-    columns += ["share of context benefit lost"] if bigram else []
-    table = Table(*columns, *(["drift (Welch)"] if drift else []), title="myopia gap (myopic − vanilla)")
+    columns = ["size", "params", "pairs", "vanilla", "myopic", *(["bigram"] if bigram else []), "gap"]
+    columns += ["CI seeds", "CI held-out"] + (["share lost"] if bigram else [])
+    caption = "params: non-embedding; CI: 95% interval of the gap over seeds (training variance) and over held-out "
+    caption += "sequences (evaluation variance)"
+    caption += "; share lost: (myopic − vanilla) / (bigram − vanilla)" if bigram else ""
+    table = Table(title="myopia gap (myopic − vanilla)", caption=caption)
+    for name in [*columns, *(["drift (Welch)"] if drift else [])]:
+        table.add_column(name, overflow="fold")  # a narrow terminal wraps a number; it never cuts it to "4.70…"
     for s in res["sizes"]:
         row = [
             s["size"],
@@ -81,13 +86,13 @@ def results_table(res: dict[str, Any]) -> Table:
             f"{s['myopic_loss_mean']:.4f}",
             *([_number(s.get("bigram_loss_mean"), ".4f")] if bigram else []),
             f"{s['gap_mean']:+.4f}",
-            _interval(s["gap_ci95"], "- (one pair)"),
+            _interval(s["gap_ci95"], "- (1 pair)"),
             _interval(s.get("gap_eval_ci95")),
         ]
         if bigram:
             share = s.get("share_lost")
             ci = s.get("share_lost_ci95") or s.get("share_lost_eval_ci95")
-            which = "seeds" if s.get("share_lost_ci95") else "seqs"
+            which = "seeds" if s.get("share_lost_ci95") else "held-out"
             interval = f" [{ci[0]:.3f}, {ci[1]:.3f}] ({which})" if ci else ""
             row.append("-" if share is None else f"{share:.3f}{interval}")
         if drift:
