@@ -129,7 +129,7 @@ def gap_plot(results: dict[str, Any]) -> bytes:
         # both intervals, labelled: over seeds (none from one pair) and over held-out sequences (slightly offset)
         for key, shift, style, label in (
             ("gap_ci95", 1.0, dict(capsize=4, color="C0"), "95% CI over seeds (training variance)"),
-            ("gap_eval_ci95", 1.06, dict(capsize=2, color="C3", lw=2), "95% CI over held-out sequences"),
+            ("gap_eval_ci95", 1.03, dict(capsize=2, color="C3", lw=2), "95% CI over held-out sequences"),
         ):
             ci = [s for s in sizes if s.get(key)]
             if ci:
@@ -141,6 +141,8 @@ def gap_plot(results: dict[str, Any]) -> bytes:
                     label=label,
                     **style,
                 )
+        if len(sizes) == 1:  # a log axis around a single point would span a few percent of it
+            ax1.set_xlim(x[0] / 3, x[0] * 3)
         for s in sizes:
             ax1.annotate(
                 s["size"],
