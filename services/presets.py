@@ -17,8 +17,8 @@ ALL_SIZES = ["14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b"]
 DP_MODEL = {"num_hidden_layers": 2, "hidden_size": 128, "num_attention_heads": 2, "hidden_act": "relu"}
 CPU_DP_MODEL = {**DP_MODEL, "hidden_size": 64}  # half the width: twice as fast on 2 cores (calibration)
 # The paper's optimiser for both protocols: AdamW (0.9, 0.999), weight decay 0.01, cosine to 0, no clipping.
-LADDER_CORPUS = "wiki+sotu+brown+austen+moby-dick"  # the five registry corpora of docs/data.md, mixed
 PAPER_OPTIMIZER = {"betas": [0.9, 0.999], "weight_decay": 0.01, "min_lr_ratio": 0.0, "clip": 0.0}
+LADDER_CORPUS = "wiki+sotu+brown+austen+moby-dick"  # the five registry corpora of docs/data.md, mixed
 
 
 # The CPU text ladder's run (calibration: docs/results.md); the demo's text sweep is its seed 0 at 0.1m.
