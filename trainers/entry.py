@@ -27,9 +27,9 @@ from trainers.spec import RunSpec, SpecError, load_spec
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """What each Ray Train worker runs. A function of this module, which imports nothing heavy at the top: Ray
-    Train's controller unpickles it (importing its module) before any worker starts, and need not import torch's
-    model code, DeepSpeed or MLflow for that."""
+    """What each Ray Train worker runs. A function of this module rather than of `trainers.loop`: Ray Train's
+    controller unpickles it (importing its module) before any worker starts, and need not import the training
+    loop's task, evaluation and tracking modules for that (docs/performance.md: it did not measurably help)."""
     from trainers.loop import train_loop as loop
 
     loop(config)
