@@ -153,6 +153,12 @@ class EmbeddedHead:
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
         self.pid = self.proc.pid
+        if self.state_file is not None:  # at once: whoever sees the head answer can also find it (adoption, tests)
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            state = {"pid": self.pid, "temp_dir": str(self.temp_dir), "ports": self.ports, "token": self.token}
+            fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(state, f)
         return self
 
     def wait_ready(self, timeout: float = 120) -> EmbeddedHead:
@@ -163,12 +169,6 @@ class EmbeddedHead:
                 self.stop()
                 raise HeadError(f"the embedded Ray head did not start:\n{tail}")
             time.sleep(0.5)
-        if self.state_file is not None:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            state = {"pid": self.pid, "temp_dir": str(self.temp_dir), "ports": self.ports, "token": self.token}
-            fd = os.open(self.state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f)
         return self
 
     def answers(self) -> bool:

@@ -83,6 +83,7 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
         until(lambda: sweep()["status"] in ("succeeded", "failed"))
         done = sweep()
         results = httpx.get(f"{url}/v1/sweeps/{sweep_id}/results").json()
+        until(lambda: sweep_run_status(results) == "FINISHED", timeout=60)  # the reporter runs every 5 s
     finally:
         second.terminate()
         second.wait(60)
@@ -100,6 +101,13 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     benefit = pair["bigram_loss"] - pair["vanilla_loss"]  # (12 steps: the past may not help yet)
     assert size["share_lost"] == (pytest.approx(pair["gap"] / benefit) if benefit > 0 else None)
     check_mlflow(results)
+
+
+def sweep_run_status(results: dict) -> str | None:
+    from mlflow.tracking import MlflowClient
+
+    links = results["mlflow"] or {}
+    return MlflowClient(links["tracking_uri"]).get_run(links["sweep_run_id"]).info.status if links else None
 
 
 def check_mlflow(results: dict) -> None:
