@@ -82,15 +82,16 @@ def blocked_interval(values: Sequence[float], block: int = EVAL_BLOCK) -> Interv
     stream) by batch means: a t-interval over the means of consecutive blocks, centred on the overall mean; None
     with fewer than two blocks."""
     x = np.asarray(values, dtype=float)
-    blocks = [b.mean() for b in np.array_split(x, len(x) // block)] if len(x) >= 2 * block else []
-    if len(blocks) < 2:
+    if len(x) < 2 * block:
         return None
-    se = float(np.std(blocks, ddof=1) / math.sqrt(len(blocks)))
+    blocks = block_means(x, block)
+    _, se, _ = mean_interval(blocks)
     half = float(stats.t.ppf(0.975, len(blocks) - 1)) * se
     return (float(x.mean()) - half, float(x.mean()) + half)
 
 
 def block_means(values: Sequence[float], block: int = EVAL_BLOCK) -> np.ndarray:
+    """Means of consecutive blocks of about `block` values (at least one block)."""
     x = np.asarray(values, dtype=float)
     return np.array([b.mean() for b in np.array_split(x, max(1, len(x) // block))])
 
