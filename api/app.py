@@ -1,5 +1,5 @@
-"""The FastAPI app: routes under /v1 (bearer auth when a token is set), probes, and, with a Ray job server, the
-background components that run the sweeps."""
+"""The FastAPI app: routes under /v1 and /metrics (bearer auth when a token is set), probes, and, with a Ray job
+server, the background components that run the sweeps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from api import errors
 from api.guard import RequestGuard
-from api.routes import health, runs, schedules, sweeps
+from api.routes import health, metrics, runs, schedules, sweeps
 from api.schemas import ErrorOut
 from cluster.jobs import Jobs
 from cluster.local import EmbeddedHead
@@ -42,10 +42,14 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None, head:
     )
     app.state.settings, app.state.jobs = settings, jobs
     errors.install(app)
-    app.add_middleware(RequestGuard, token=settings.api_token, max_body=settings.max_request_bytes)
+    metrics.install(app)
+    app.add_middleware(
+        RequestGuard, token=settings.api_token, max_body=settings.max_request_bytes, protected=("/v1", "/metrics")
+    )
     v1 = APIRouter(prefix="/v1", responses={401: {"model": ErrorOut}, 413: {"model": ErrorOut}})
     for module in (sweeps, runs, schedules):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

@@ -14,14 +14,16 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message],
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body: int, protected_prefix: str = "/v1") -> None:
-        self.app, self.token, self.max_body, self.prefix = app, token, max_body, protected_prefix
+    def __init__(
+        self, app: ASGIApp, *, token: str | None, max_body: int, protected: tuple[str, ...] = ("/v1",)
+    ) -> None:
+        self.app, self.token, self.max_body, self.prefixes = app, token, max_body, protected
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.token is not None and scope["path"].startswith(self.prefix) and not self._authorized(headers):
+        if self.token is not None and scope["path"].startswith(self.prefixes) and not self._authorized(headers):
             return await _answer(send, 401, "unauthorized", "a bearer token is required: Authorization: Bearer <token>",
                                  {"www-authenticate": "Bearer"})  # fmt: skip
         declared = headers.get("content-length")

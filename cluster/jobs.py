@@ -23,6 +23,8 @@ from trainers.runtime import RAY_TRAIN_ENV
 
 ACTIVE = {JobStatus.PENDING, JobStatus.RUNNING}
 TRAINERS = Path(__file__).resolve().parents[1] / "trainers"
+# never uploaded with a job, whatever lands beside the code: secrets (.env files), caches
+UPLOAD_EXCLUDES = [".env", "*.env", ".git/", "__pycache__/", "*.pyc"]
 
 
 def submission_id(run_id: str, attempt: int) -> str:
@@ -87,7 +89,11 @@ class Jobs:
     def submit(self, sid: str, spec: dict[str, Any], env: dict[str, str] | None = None) -> None:
         with tempfile.TemporaryDirectory(prefix="myopia-job-") as job_dir:
             (Path(job_dir) / SPEC_FILE).write_text(json.dumps(spec))
-            runtime_env: dict[str, Any] = {"working_dir": job_dir, "env_vars": {**RAY_TRAIN_ENV, **(env or {})}}
+            runtime_env: dict[str, Any] = {
+                "working_dir": job_dir,
+                "env_vars": {**RAY_TRAIN_ENV, **(env or {})},
+                "excludes": UPLOAD_EXCLUDES,
+            }
             if self.remote:
                 runtime_env["py_modules"] = [str(TRAINERS)]
             self.client.submit_job(

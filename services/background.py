@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import sessionmaker
@@ -74,15 +75,15 @@ def control_plane(
         ),
     ]
     if jobs is not None:
-        data_dir = settings.data_dir.expanduser()
+        job_env = settings.job_env()
         reconciler = Reconciler(
             db,
             jobs,
-            data_dir,
+            Path(job_env["MYOPIA_DATA_DIR"]),  # progress files are read there, where this machine shares it
             max_concurrent=settings.max_concurrent_runs,
             max_attempts=settings.max_attempts,
             backoff_s=settings.retry_backoff_s,
-            job_env={"MYOPIA_DATA_DIR": str(data_dir)},
+            job_env=job_env,
         )
         components += [
             Component("reconciler", 1.0, reconciler.tick),  # a tick costs milliseconds (docs/reliability.md)

@@ -19,6 +19,16 @@ class Settings(BaseSettings):
         description="a Ray cluster's job server (http://head:8265); default: start a local head on loopback",
     )
     job_python: str | None = Field(None, description="the jobs' interpreter on the cluster (default: python)")
+    job_data_dir: str = Field(
+        "/data",
+        description="the data dir of jobs on a cluster (RAY_ADDRESS set): corpora, tokens, checkpoints, HF caches, "
+        "on storage every node shares; never the control plane's own (jobs of an embedded head use data_dir)",
+    )
+    job_storage: str | None = Field(
+        None,
+        description="where jobs keep checkpoints (Ray Train storage_path): a shared folder or an object-store URI "
+        "(s3://bucket/prefix); default: runs/ under the jobs' data dir",
+    )
     mlflow_uri: str | None = Field(
         None,
         validation_alias=AliasChoices("MYOPIA_MLFLOW_URI", "MLFLOW_TRACKING_URI"),
@@ -35,19 +45,35 @@ class Settings(BaseSettings):
         '["/data", "/mnt/checkpoints"]); default: the data dir',
     )
     max_request_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies are refused (413)")
+    # (the settings' defaults say "unset" as None; compose passes `${VAR:-}` through as an empty string)
 
-    @field_validator("database_url", "ray_address", "mlflow_uri", "api_token", "job_python", mode="before")
+    @field_validator(
+        "database_url", "ray_address", "mlflow_uri", "api_token", "job_python", "job_storage", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v  # compose passes `${VAR:-}` through as an empty string
 
     @property
     def data_roots(self) -> list[Path]:
-        return self.allowed_data_roots or [self.data_dir.expanduser()]
+        if self.allowed_data_roots:
+            return self.allowed_data_roots
+        return [self.data_dir.expanduser(), *([Path(self.job_data_dir)] if self.ray_address else [])]
 
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir.expanduser() / 'myopia.db'}"
+
+    def job_env(self) -> dict[str, str]:
+        """What every job is given: its data dir (the cluster's when RAY_ADDRESS is set, with the Hugging Face caches
+        under it: one download for every node; else this machine's), and where checkpoints go."""
+        if not self.ray_address:
+            env = {"MYOPIA_DATA_DIR": str(self.data_dir.expanduser())}
+        else:
+            env = {"MYOPIA_DATA_DIR": self.job_data_dir, "HF_HOME": f"{self.job_data_dir.rstrip('/')}/hf"}
+        if self.job_storage:
+            env["MYOPIA_JOB_STORAGE"] = self.job_storage
+        return env
 
     @property
     def mlflow(self) -> str:

@@ -39,7 +39,7 @@ def run_name(spec: RunSpec) -> str:
     return spec.name or f"run-{spec.config_hash()}"
 
 
-def storage_path(spec: RunSpec) -> Path:
+def storage_path(spec: RunSpec) -> str:
     return run_storage(spec.storage_path)
 
 
@@ -56,7 +56,7 @@ def run(
     r, gpus = spec.resources, spec.resources.gpus_per_worker
     name, storage = run_name(spec), storage_path(spec)
     progress = progress_file(storage, name)
-    storage.mkdir(parents=True, exist_ok=True)
+    progress.parent.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -72,7 +72,7 @@ def run(
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -102,6 +102,7 @@ def run(
         "eval": m["eval"],
         "probes": m.get("probes"),
         "nodes": m.get("nodes"),
+        "node_ids": m.get("node_ids"),
         "resumed_from": m.get("resumed_from", 0),
         "marks": marks,
         "mlflow_run_id": m.get("mlflow_run_id"),

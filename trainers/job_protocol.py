@@ -6,6 +6,7 @@ checkpoints."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from trainers.paths import data_dir
 
 SPEC_FILE = "spec.json"
 RESULT_MARK = "MYOPIA_RESULT "
+JOB_STORAGE_ENV = "MYOPIA_JOB_STORAGE"  # the same name as the control plane's setting (services/settings.py)
 ERROR_MARK = "MYOPIA_ERROR "  # {"kind": "spec" | "data" | ..., "message": ...}: why a job gave up, if it knows
 
 
@@ -44,11 +46,19 @@ def job_error(logs: str) -> dict[str, Any] | None:
         return None
 
 
-def run_storage(storage_path: str | None, root: Path | None = None) -> Path:
-    """Ray Train storage of a run: its spec's `storage_path`, or `runs/` under the data dir (or under `root`)."""
-    return Path(storage_path or (root or data_dir()) / "runs").expanduser().resolve()
+def is_uri(where: str) -> bool:
+    return "://" in where  # s3://bucket/prefix, gs://…: Ray Train writes there through pyarrow
 
 
-def progress_file(storage: Path, run_name: str) -> Path:
-    """Where rank 0 writes {step, steps, loss, pid}; the control plane reads it where storage is shared."""
-    return storage / f"{run_name}.progress.json"
+def run_storage(storage_path: str | None, root: Path | None = None) -> str:
+    """Ray Train storage of a run: its spec's `storage_path`, else $MYOPIA_JOB_STORAGE (a shared folder or an
+    object-store URI, set by the control plane for a cluster), else `runs/` under the data dir (or under `root`)."""
+    where = storage_path or os.environ.get(JOB_STORAGE_ENV) or str((root or data_dir()) / "runs")
+    return where if is_uri(where) else str(Path(where).expanduser().resolve())
+
+
+def progress_file(storage: str, run_name: str, root: Path | None = None) -> Path:
+    """Where rank 0 writes {step, steps, loss, pid}: beside the checkpoints, or under the data dir's `runs/` when
+    they go to an object store; the control plane reads it where that storage is shared."""
+    base = (root or data_dir()) / "runs" if is_uri(storage) else Path(storage)
+    return base / f"{run_name}.progress.json"

@@ -16,7 +16,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from trainers.runtime import configure_deepspeed_env
+from trainers.runtime import check_cuda, configure_deepspeed_env
 from trainers.spec import RunSpec
 from trainers.tasks import make_task
 from trainers.tracking import Tracker
@@ -66,6 +66,8 @@ def _whole_state_dict(engine: Any, stage: int) -> dict[str, torch.Tensor]:
 def train_loop(config: dict[str, Any]) -> None:
     marks = {"worker_start": time.time()}  # wall-clock marks of the fixed costs (bench/run_overhead.py)
     spec = RunSpec.model_validate_json(config["spec"])
+    if spec.resources.gpus_per_worker > 0:
+        check_cuda()
     if not torch.cuda.is_available():  # the cores this worker reserved, not every core of the node (OMP's default)
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     progress_file = Path(config["progress_file"]) if config.get("progress_file") else None
@@ -162,6 +164,7 @@ def train_loop(config: dict[str, Any]) -> None:
             "probes": probes,
             "mlflow_run_id": tracker.run_id,
             "nodes": len(set(node_ids)),
+            "node_ids": sorted(set(node_ids)),
             "resumed_from": start,
             "marks": marks,
         }

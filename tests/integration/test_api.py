@@ -155,8 +155,24 @@ def test_bearer_token(tmp_path):
         ok = httpx.get(f"{srv.url}/v1/sweeps", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert httpx.get(f"{srv.url}/healthz").status_code == 200  # probes need no token
+        assert httpx.get(f"{srv.url}/metrics").status_code == 401  # metrics do
     finally:
         srv.stop()
+
+
+def test_metrics_count_runs_and_requests(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    httpx.post(f"{server.url}/v1/sweeps", json=REQUEST).raise_for_status()
+    httpx.get(f"{server.url}/v1/sweeps/nope")
+    text = httpx.get(f"{server.url}/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples}  # fmt: skip
+    assert samples[("myopia_sweeps", (("status", "queued"),))] == 1
+    assert samples[("myopia_runs", (("status", "queued"),))] >= 2
+    key = ("myopia_http_requests_total", (("method", "GET"), ("route", "/v1/sweeps/{sweep_id}"), ("status", "404")))
+    assert samples[key] == 1  # by route template, not by path: ids never become label values
+    assert ("myopia_ray_up", ()) not in samples  # no job server in this app
 
 
 def test_a_restarted_control_plane_finds_its_sweeps(server):

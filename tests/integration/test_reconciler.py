@@ -51,6 +51,7 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
         "RAY_ADDRESS": head["address"],
         "MYOPIA_JOB_PYTHON": sys.executable,
         "MYOPIA_DATA_DIR": str(head["root"]),
+        "MYOPIA_JOB_DATA_DIR": str(head["root"]),  # the cluster's (default /data): here the same machine's folder
         "MYOPIA_DATABASE_URL": f"sqlite:///{tmp_path / 'cp.db'}",
         "MYOPIA_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "MYOPIA_MAX_CONCURRENT_RUNS": "1",
