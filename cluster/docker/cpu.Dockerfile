@@ -1,36 +1,42 @@
-# The CPU image: the control plane (`myopia serve`), the MLflow server, and Ray head and CPU workers.
+# The CPU image: the control plane (`myopia serve`), the MLflow server, and Ray head and CPU workers (compose).
 # Build from the repository root: docker build -f cluster/docker/cpu.Dockerfile -t myopia:cpu .
-FROM python:3.11-slim-bookworm
+FROM python:3.11.14-slim-bookworm
 
-# g++ builds DeepSpeed's small shared-memory op on first use (cached in $TORCH_EXTENSIONS_DIR).
+# g++ stays: on CPU, DeepSpeed JIT-builds its shared-memory comm op at the first run (cached in
+# $TORCH_EXTENSIONS_DIR on the shared volume), so it is a run-time need, not a build tool.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends g++ \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --create-home --uid 1000 myopia \
  && mkdir -p /data /mlartifacts /opt/venv && chown myopia:myopia /data /mlartifacts /opt/venv
 
-USER myopia
+USER 1000:1000
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MYOPIA_DATA_DIR=/data \
     TORCH_EXTENSIONS_DIR=/data/torch_extensions \
     DS_ACCELERATOR=cpu \
     RAY_USAGE_STATS_ENABLED=0
 WORKDIR /app
 
-# The pinned set first (a layer that changes only with the lock); torch's CPU wheel from PyTorch's CPU index.
-COPY --chown=myopia:myopia pyproject.toml requirements.lock README.md ./
+# This image's lock, every file checked against its hash (no dev tools in it: `make locks`); torch's CPU build is
+# on PyTorch's CPU index. The project itself goes in without dependencies or build isolation (its build backend is
+# in the lock).
+COPY --chown=myopia:myopia cluster/docker/cpu.lock ./cluster/docker/cpu.lock
 RUN python -m venv /opt/venv \
- && pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && pip install -r requirements.lock
+ && pip install --require-hashes --no-deps -r cluster/docker/cpu.lock \
+        --extra-index-url https://download.pytorch.org/whl/cpu
 
+COPY --chown=myopia:myopia pyproject.toml README.md ./
 COPY --chown=myopia:myopia api ./api
 COPY --chown=myopia:myopia services ./services
 COPY --chown=myopia:myopia trainers ./trainers
 COPY --chown=myopia:myopia cluster ./cluster
-RUN pip install --no-deps -e .
+RUN pip install --no-deps --no-build-isolation .
 
 VOLUME /data
 EXPOSE 8000
+# Binds beyond loopback: `myopia serve` refuses to start unless MYOPIA_API_TOKEN is set.
 CMD ["myopia", "serve", "--host", "0.0.0.0", "--port", "8000"]

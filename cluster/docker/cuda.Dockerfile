@@ -1,35 +1,48 @@
-# The CUDA image: Ray workers (and a head) on GPU nodes; nccl between GPUs, DeepSpeed's fused ops JIT-built with
-# nvcc from the devel base. Build from the repository root:
-#   docker build -f cluster/docker/cuda.Dockerfile -t myopia:cuda .
-FROM nvidia/cuda:12.9.1-cudnn-devel-ubuntu22.04
+# The CUDA image: Ray head and GPU workers (cluster/ray-cluster.yaml, cluster/kuberay/). torch 2.13.0 from PyPI is
+# built for CUDA 13.0 and brings its CUDA libraries as wheels (cuda-toolkit 13.0, cuDNN and NCCL for cu13: see
+# cuda.lock), so the base is CUDA 13.0 too: its driver requirement (NVIDIA driver >= 580 on the node) is torch's.
+# The runtime base, not devel: nothing is compiled on GPU nodes (the optimizer is torch's AdamW, so DeepSpeed builds
+# no op). Ubuntu 24.04 has no Python 3.11; uv installs CPython 3.11.14, a final release (python-build-standalone).
+# Build from the repository root: docker build -f cluster/docker/cuda.Dockerfile -t myopia:cuda .
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
 
-ARG DEBIAN_FRONTEND=noninteractive
+FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04
+
+# rsync and an ssh client: the Ray cluster launcher (docker mode) copies its bootstrap files into this container
+# with rsync and reaches the nodes over ssh. Ubuntu's image has a user of uid 1000 ("ubuntu"): it becomes myopia,
+# the uid the manifests run as.
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev g++ \
+ && apt-get install -y --no-install-recommends rsync openssh-client ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --create-home --uid 1000 myopia \
- && mkdir -p /data /mlartifacts /opt/venv && chown myopia:myopia /data /mlartifacts /opt/venv
+ && usermod --login myopia --home /home/myopia --move-home ubuntu && groupmod --new-name myopia ubuntu \
+ && mkdir -p /data /mlartifacts /opt/venv /opt/python && chown myopia:myopia /data /mlartifacts /opt/venv /opt/python
 
-USER myopia
+COPY --from=uv /uv /usr/local/bin/uv
+USER 1000:1000
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
+    UV_PYTHON_INSTALL_DIR=/opt/python \
     PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MYOPIA_DATA_DIR=/data \
+    HF_HOME=/data/hf \
     TORCH_EXTENSIONS_DIR=/data/torch_extensions \
     RAY_USAGE_STATS_ENABLED=0
 WORKDIR /app
 
-# torch==2.13.0 from PyPI is the CUDA build on Linux x86_64.
-COPY --chown=myopia:myopia pyproject.toml requirements.lock README.md ./
-RUN python3.11 -m venv /opt/venv \
- && pip install torch==2.13.0 \
- && pip install -r requirements.lock
+# This image's lock, every file checked against its hash (no dev tools in it: `make locks`).
+COPY --chown=myopia:myopia cluster/docker/cuda.lock ./cluster/docker/cuda.lock
+RUN uv python install 3.11.14 \
+ && uv venv --seed --python 3.11.14 /opt/venv \
+ && pip install --require-hashes --no-deps -r cluster/docker/cuda.lock
 
+COPY --chown=myopia:myopia pyproject.toml README.md ./
 COPY --chown=myopia:myopia api ./api
 COPY --chown=myopia:myopia services ./services
 COPY --chown=myopia:myopia trainers ./trainers
 COPY --chown=myopia:myopia cluster ./cluster
-RUN pip install --no-deps -e .
+RUN pip install --no-deps --no-build-isolation .
 
 VOLUME /data
 CMD ["ray", "start", "--address=ray-head:6379", "--block"]

