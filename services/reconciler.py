@@ -32,7 +32,7 @@ from services.store import ACTIVE, TERMINAL, Run, RunStatus, Sweep, now
 from trainers.job_protocol import job_error, parse_result, progress_file, run_storage
 
 log = logging.getLogger("myopia.reconciler")
-PERMANENT = {"spec", "data"}  # errors a job reports that no retry can cure
+PERMANENT = {"spec", "data", "environment"}  # errors a job reports that no retry can cure (environment: GPU driver)
 LOG_TAIL = 4 * 2**20  # the end of a job's log holds its result or its error
 
 

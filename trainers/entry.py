@@ -23,6 +23,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from trainers.data import DataError, check_source
 from trainers.job_protocol import error_line, progress_file, result_line, run_storage
+from trainers.runtime import cuda_problem
 from trainers.spec import RunSpec, SpecError, load_spec
 
 
@@ -111,6 +112,17 @@ def run(
     }
 
 
+def gpu_problem(spec: RunSpec) -> str | None:
+    """Asked once, on a node with the GPUs the run wants, before any worker starts: a driver that cannot run this
+    torch's CUDA fails the job for good (the control plane does not retry it) instead of failing every worker of
+    every attempt. The image's own CUDA requirement usually stops such a container earlier; this covers runtimes
+    that do not enforce it."""
+    if not ray.is_initialized():
+        ray.init(log_to_driver=False)
+    probe = ray.remote(num_cpus=0, num_gpus=spec.resources.gpus_per_worker)(cuda_problem)
+    return ray.get(probe.remote())
+
+
 def _watch(path: Path, on_progress: Callable[[dict[str, Any]], None] | None, stop: threading.Event) -> None:
     last = None
     while not stop.wait(0.5):
@@ -138,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(error_line("data", str(e)), flush=True)
         return 3
+    if spec.resources.gpus_per_worker > 0 and (problem := gpu_problem(spec)):
+        print(error_line("environment", problem), flush=True)
+        return 4
     result = run(spec)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

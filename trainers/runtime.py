@@ -57,14 +57,19 @@ def driver_cuda_version() -> int | None:
     return version.value if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 else None
 
 
-def check_cuda() -> None:
-    """At the start of a GPU worker: a driver/CUDA mismatch fails in one clear line, not in a kernel launch."""
+def cuda_problem() -> str | None:
+    """Why this process cannot train on its GPU (one line), or None."""
     import torch
 
     problem = cuda_mismatch(driver_cuda_version(), torch.version.cuda)
     if problem is None and not torch.cuda.is_available():
         problem = "torch sees no GPU although the run asked for one (CUDA_VISIBLE_DEVICES, device plugin)"
-    if problem:
+    return problem
+
+
+def check_cuda() -> None:
+    """At the start of a GPU worker: a driver/CUDA mismatch fails in one clear line, not in a kernel launch."""
+    if problem := cuda_problem():
         raise RuntimeError(problem)
 
 

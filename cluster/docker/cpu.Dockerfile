@@ -22,18 +22,19 @@ ENV VIRTUAL_ENV=/opt/venv \
 WORKDIR /app
 
 # This image's lock, every file checked against its hash (no dev tools in it: `make locks`); torch's CPU build is
-# on PyTorch's CPU index. The project itself goes in without dependencies or build isolation (its build backend is
-# in the lock).
-COPY --chown=myopia:myopia cluster/docker/cpu.lock ./cluster/docker/cpu.lock
+# on PyTorch's CPU index. The build backend first, from its own hashed lock: the lock's one sdist (deepspeed) and
+# the project then build without build isolation, which would fetch a backend unchecked.
+COPY --chown=1000:1000 cluster/docker/build.lock cluster/docker/cpu.lock ./cluster/docker/
 RUN python -m venv /opt/venv \
- && pip install --require-hashes --no-deps -r cluster/docker/cpu.lock \
+ && pip install --require-hashes --no-deps -r cluster/docker/build.lock \
+ && pip install --require-hashes --no-deps --no-build-isolation -r cluster/docker/cpu.lock \
         --extra-index-url https://download.pytorch.org/whl/cpu
 
-COPY --chown=myopia:myopia pyproject.toml README.md ./
-COPY --chown=myopia:myopia api ./api
-COPY --chown=myopia:myopia services ./services
-COPY --chown=myopia:myopia trainers ./trainers
-COPY --chown=myopia:myopia cluster ./cluster
+COPY --chown=1000:1000 pyproject.toml README.md ./
+COPY --chown=1000:1000 api ./api
+COPY --chown=1000:1000 services ./services
+COPY --chown=1000:1000 trainers ./trainers
+COPY --chown=1000:1000 cluster ./cluster
 RUN pip install --no-deps --no-build-isolation .
 
 VOLUME /data

@@ -31,18 +31,21 @@ ENV VIRTUAL_ENV=/opt/venv \
     RAY_USAGE_STATS_ENABLED=0
 WORKDIR /app
 
-# This image's lock, every file checked against its hash (no dev tools in it: `make locks`).
-COPY --chown=myopia:myopia cluster/docker/cuda.lock ./cluster/docker/cuda.lock
+# This image's lock, every file checked against its hash (no dev tools in it: `make locks`), installed by uv (the
+# venv gets no unpinned pip). The build backend first, from its own hashed lock: the lock's one sdist (deepspeed)
+# and the project then build without build isolation, which would fetch a backend unchecked.
+COPY --chown=1000:1000 cluster/docker/build.lock cluster/docker/cuda.lock ./cluster/docker/
 RUN uv python install 3.11.14 \
- && uv venv --seed --python 3.11.14 /opt/venv \
- && pip install --require-hashes --no-deps -r cluster/docker/cuda.lock
+ && uv venv --python 3.11.14 /opt/venv \
+ && uv pip install --require-hashes --no-deps -r cluster/docker/build.lock \
+ && uv pip install --require-hashes --no-deps --no-build-isolation -r cluster/docker/cuda.lock
 
-COPY --chown=myopia:myopia pyproject.toml README.md ./
-COPY --chown=myopia:myopia api ./api
-COPY --chown=myopia:myopia services ./services
-COPY --chown=myopia:myopia trainers ./trainers
-COPY --chown=myopia:myopia cluster ./cluster
-RUN pip install --no-deps --no-build-isolation .
+COPY --chown=1000:1000 pyproject.toml README.md ./
+COPY --chown=1000:1000 api ./api
+COPY --chown=1000:1000 services ./services
+COPY --chown=1000:1000 trainers ./trainers
+COPY --chown=1000:1000 cluster ./cluster
+RUN uv pip install --no-deps --no-build-isolation .
 
 VOLUME /data
 CMD ["ray", "start", "--address=ray-head:6379", "--block"]

@@ -129,9 +129,14 @@ def test_images_install_pinned_and_run_as_a_user(dockerfile):
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
     lock = f"cluster/docker/{dockerfile.name.removesuffix('.Dockerfile')}.lock"
-    assert f"pip install --require-hashes --no-deps -r {lock}" in text  # its own lock, every file's hash checked
-    assert "requirements.lock" not in text  # (the development set, with the test tools)
-    assert "pip install --no-deps --no-build-isolation ." in text
+    # its own lock, every file's hash checked; the build backend first (hashed), then no build isolation anywhere
+    installs = re.findall(r"pip install ([^\n\\&]*)", text)
+    assert [i.split() for i in installs[:3]] == [
+        ["--require-hashes", "--no-deps", "-r", "cluster/docker/build.lock"],
+        ["--require-hashes", "--no-deps", "--no-build-isolation", "-r", lock],
+        ["--no-deps", "--no-build-isolation", "."],
+    ], installs
+    assert "requirements.lock" not in text and "--seed" not in text  # no dev tools, no unpinned pip
     for src in re.findall(r"^COPY\s+(?!.*--from=)(?:--\S+\s+)*(.+)\s+\S+$", text, re.M):  # (not from a stage)
         for path in src.split():
             assert (ROOT / path).exists(), f"{dockerfile.name} copies {path}, which does not exist"
@@ -244,8 +249,23 @@ def test_cluster_launcher_config_validates_against_rays_schema():
     assert gpu["node_config"]["InstanceType"] == "p4de.24xlarge" and gpu["max_workers"] >= 1
     assert any("/data" in opt for opt in config["docker"]["run_options"])  # the shared storage
     # token auth from an env file copied to the nodes (no token on a command line); the job server on loopback
-    assert "--env-file /home/ubuntu/ray-cluster.env" in config["docker"]["run_options"]
-    assert "/home/ubuntu/ray-cluster.env" in config["file_mounts"]
+    from ray.autoscaler.sdk import get_docker_host_mount_location
+
+    (env_file,) = [o.split()[1] for o in config["docker"]["run_options"] if o.startswith("--env-file")]
+    (mount,) = [m for m in config["file_mounts"] if m.endswith("ray-cluster.env")]
+    host = get_docker_host_mount_location(config["cluster_name"])  # where `docker run`, on the host, finds it
+    assert Path(env_file) == Path(f"{host}/{mount}"), (env_file, host, mount)
     (head_start,) = [c for c in config["head_start_ray_commands"] if c.startswith("ray start")]
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
     assert all(t["node_config"]["SecurityGroupIds"] for t in config["available_node_types"].values())  # NFS in
+
+
+def test_a_driver_too_old_for_torchs_cuda_is_named_in_one_line():
+    from trainers.runtime import cuda_mismatch
+
+    old = cuda_mismatch(12080, "13.0")  # cuDriverGetVersion of a 570 driver, torch 2.13's CUDA
+    assert old and "\n" not in old and "CUDA 12.8" in old and "13.0" in old and ">= 580" in old
+    assert cuda_mismatch(13000, "13.0") is None and cuda_mismatch(13020, "13.0") is None
+    assert cuda_mismatch(13000, "13.1") is None  # minor-version compatibility within a major
+    assert "libcuda.so.1" in cuda_mismatch(None, "13.0")  # no driver mounted into the container
+    assert "CPU build" in cuda_mismatch(13000, None)

@@ -567,8 +567,9 @@ def test_network_policies():
     api, mlflow, postgres = one("Deployment/myopia-api"), one("Deployment/mlflow"), one("StatefulSet/postgres")
     head, worker = one("RayCluster/myopia/head"), one("RayCluster/myopia/gpu-8x80gb")
     job_head = one("RayJob/myopia-pythia-410m-myopic/head")
+    assert not allowed(api.labels, head, 6379) and not allowed(api.labels, head, 10001)  # the API needs HTTP only
     for port in (6379, 8265, 10001):
-        assert allowed(api.labels, head, port) and allowed(worker.labels, head, port)
+        assert allowed(worker.labels, head, port) and (port != 8265 or allowed(api.labels, head, port))
         assert not allowed(mlflow.labels, head, port) and not allowed(job_head.labels, head, port)
         assert not allowed({}, head, port, "default")
     assert allowed(head.labels, worker, 12345) and not allowed(api.labels, worker, 12345)
