@@ -17,10 +17,12 @@ class Placement:
     max_micro_batch: int  # sequences per worker per forward that fit
     max_params: int | None = None  # the largest model (all parameters) a run of this profile may plan
 
-    def micro_batch(self, global_batch: int, workers: int) -> int:
-        """The largest divisor of the per-worker batch that fits: the rest is gradient accumulation."""
+    def micro_batch(self, global_batch: int, workers: int, fits: int | None = None) -> int:
+        """The largest divisor of the per-worker batch within the cap (and within `fits`, what the memory model
+        says fits one GPU): the rest is gradient accumulation."""
         per_worker = max(1, global_batch // workers)
-        return max(d for d in range(1, min(per_worker, self.max_micro_batch) + 1) if per_worker % d == 0)
+        cap = min(per_worker, self.max_micro_batch, per_worker if fits is None else fits)
+        return max(d for d in range(1, max(1, cap) + 1) if per_worker % d == 0)
 
 
 def profiles(path: Path = RESOURCES) -> list[str]:

@@ -31,7 +31,7 @@ from cluster.resources import Placement, placement
 from services.errors import InvalidRequest
 from services.presets import PRESETS, merge
 from trainers.corpora import corpus_names
-from trainers.models import SIZES, SizeName, count_params
+from trainers.models import PYTHIA_SIZES, SIZES, SizeName, count_params
 from trainers.myopic import AttentionMode
 from trainers.spec import RunSpec, Strict, check_matched, error_path
 
@@ -144,7 +144,7 @@ def size_spec(request: SweepRequest, size: str, seed: int, profile: str) -> dict
     workers = doc["resources"].get("workers", 1)
     global_batch = train.get("global_batch", RunSpec.model_fields["train"].default.global_batch)
     if "micro_batch" not in train and global_batch % workers == 0:
-        train["micro_batch"] = where.micro_batch(global_batch, workers)
+        train["micro_batch"] = where.micro_batch(global_batch, workers, fits=gpu_fit(size, doc))
     optimizer = doc.setdefault("optimizer", {})
     if optimizer.get("lr") is None:
         optimizer["lr"] = request.lr_by_size.get(size) or request.lr_scale * SIZES[size].lr
@@ -152,6 +152,24 @@ def size_spec(request: SweepRequest, size: str, seed: int, profile: str) -> dict
     if isinstance(protocol.get("checkpoint"), str):  # `{size}` only: a request is data, never a format string
         doc["protocol"] = {**protocol, "checkpoint": protocol["checkpoint"].replace("{size}", size)}
     return doc
+
+
+def gpu_fit(size: str, doc: dict[str, Any]) -> int | None:
+    """On GPUs, the most sequences per forward that fit one GPU with the headroom `cluster.memory` keeps, at this
+    run's sequence length, precision and ZeRO stage (a Pythia shape; config overrides are not modelled)."""
+    res, train = doc["resources"], doc["train"]
+    if not res.get("gpus_per_worker") or size not in PYTHIA_SIZES:
+        return None
+    from cluster.memory import largest_micro_batch  # (imports DeepSpeed: only for GPU plans)
+
+    defaults = RunSpec.model_fields["train"].default
+    return largest_micro_batch(
+        size,
+        seq_len=train.get("seq_len", defaults.seq_len),
+        precision=train.get("precision", defaults.precision),
+        zero_stage=res.get("zero_stage", 0),
+        gpus=int(res.get("workers", 1) * res["gpus_per_worker"]),
+    )
 
 
 def plan(request: SweepRequest, *, profile: str = "cpu", allowed_roots: list[Path] | None = None) -> list[PlannedPair]:

@@ -91,3 +91,26 @@ def test_operations_doc_has_the_printed_table():
     first = next(i for i, line in enumerate(rest) if line.startswith("|"))
     end = next((i for i, line in enumerate(rest[first:], first) if not line.startswith("|")), len(rest))
     assert "\n".join(rest[first:end]) == memory.markdown()  # python -m cluster.memory prints markdown()
+
+
+@pytest.mark.parametrize(("seq_len", "precision"), [(512, "fp16"), (2048, "bf16"), (256, "fp32")])
+def test_the_planner_caps_the_micro_batch_to_what_fits(seq_len, precision):
+    """Longer sequences than the caps of resources.yaml were set for: the planner lowers the micro-batch (more
+    gradient accumulation) until the memory model says it fits."""
+    request = {"preset": "pythia-paper", "run": {"train": {"seq_len": seq_len, "precision": precision}}}
+    for pair in plan(SweepRequest.model_validate(request), profile="gpu"):
+        spec = pair.runs["myopic"]
+        r, t = spec.resources, spec.train
+        gpus = int(r.workers * r.gpus_per_worker)
+        peak = memory.peak_bytes(pair.size, t.micro_batch, seq_len=seq_len, precision=precision,
+                                 zero_stage=r.zero_stage, gpus=gpus)  # fmt: skip
+        assert peak < memory.BUDGET_BYTES, (pair.size, t.micro_batch, peak / memory.GIB)
+        assert t.global_batch % (t.micro_batch * r.workers) == 0  # whole accumulation steps
+        bigger = memory.peak_bytes(pair.size, 2 * t.micro_batch, seq_len=seq_len, precision=precision,
+                                   zero_stage=r.zero_stage, gpus=gpus)  # fmt: skip
+        cap = placement(pair.size, "gpu").max_micro_batch
+        assert (
+            bigger >= memory.BUDGET_BYTES
+            or 2 * t.micro_batch > cap
+            or (t.global_batch // r.workers) % (2 * t.micro_batch)
+        )
