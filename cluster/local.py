@@ -211,14 +211,14 @@ class EmbeddedHead:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         if self.temp_dir is not None:
-            _kill_processes_under(self.temp_dir)  # Ray's daemons start sessions of their own: find them by dir
+            kill_processes_under(self.temp_dir)  # Ray's daemons start sessions of their own: find them by dir
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         if self.state_file is not None:
             self.state_file.unlink(missing_ok=True)
         self.proc, self.pid = None, None
 
 
-def _kill_processes_under(temp_dir: Path) -> None:
+def kill_processes_under(temp_dir: Path) -> None:
     import psutil
 
     mark = str(temp_dir)

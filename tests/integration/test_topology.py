@@ -7,6 +7,8 @@ spec and the `trainers` package, reports to MLflow over HTTP, and works in the c
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +20,14 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from api.demo import wait_ready
-from cluster.local import LOOPBACK_ENV, PORT_FLAGS, WORKER_PORTS, free_ports, worker_range_start
+from cluster.local import (
+    LOOPBACK_ENV,
+    PORT_FLAGS,
+    WORKER_PORTS,
+    free_ports,
+    kill_processes_under,
+    worker_range_start,
+)
 from tests.integration.serving import until
 from trainers.runtime import RAY_TRAIN_ENV
 
@@ -41,29 +50,34 @@ NODE_FLAGS = [f for f in PORT_FLAGS if f not in ("--port", "--dashboard-port", "
 
 
 class Processes:
-    """Started processes, each in its own session and with its own log, all killed at the end."""
+    """Started processes, each in its own session and with its own log. At the end the control plane and MLflow
+    are stopped (SIGTERM), the Ray nodes killed outright: the cluster is thrown away, and a Ray node asked to stop
+    drains for up to 30 s."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.procs = root, []
+        self.root, self.procs, self.ray_temp = root, [], Path(f"/tmp/myopia-topo-{uuid.uuid4().hex[:8]}")
 
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = (self.root / f"{name}.log").open("w")
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
+        self.procs.append((name, proc))
         return proc
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text()[-3000:]
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
+        for name, proc in reversed(self.procs):
             if proc.poll() is None:
-                os.killpg(proc.pid, 15)
-        for proc in reversed(self.procs):
+                os.killpg(proc.pid, signal.SIGKILL if name.startswith("ray") else signal.SIGTERM)
+        for _, proc in self.procs:
             try:
-                proc.wait(30)
+                proc.wait(20)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        kill_processes_under(self.ray_temp)  # Ray's daemons, in sessions of their own
+        shutil.rmtree(self.ray_temp, ignore_errors=True)
 
 
 def ray_node(head_gcs: int | None) -> list[str]:
@@ -113,7 +127,7 @@ def topology(postgres_server, tmp_path):
                       "--port", str(mlflow_port), "--workers", "1"]  # fmt: skip
         mlflow = procs.start("mlflow", mlflow_cmd, mlflow_env)
         head_cmd = ray_node(None)
-        procs.start("ray-head", [*head_cmd, "--temp-dir", str(Path(f"/tmp/myopia-topo-{suffix}"))], ray_env)
+        procs.start("ray-head", [*head_cmd, "--temp-dir", str(procs.ray_temp)], ray_env)  # (and the node's)
         dashboard = f"http://127.0.0.1:{port_of(head_cmd, '--dashboard-port')}"
         auth = {"Authorization": f"Bearer {token}"}
         until(lambda: _answers(f"{dashboard}/api/version", auth), timeout=120)
