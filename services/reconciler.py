@@ -165,7 +165,8 @@ class Reconciler:
             self._failed(run, f"job {status.value}: {message}\n{tail}".strip(), permanent=False)
 
     def _progress_file(self, run: Run) -> Path:
-        return progress_file(run_storage(run.spec.get("storage_path"), self.work_dir), run.id)  # the jobs' data dir
+        storage = run_storage(run.spec.get("storage_path"), self.work_dir)  # in the jobs' data dir, or an object store
+        return progress_file(storage, run.id, self.work_dir)
 
     def _progress(self, run: Run) -> None:
         """The job's rank 0 writes {step, steps, loss} beside its checkpoints (readable where storage is shared)."""

@@ -1,8 +1,9 @@
 """The compose topology as processes on loopback, without containers: PostgreSQL (two databases), an MLflow tracking
-server on it with served artifacts, a Ray head and a second Ray node started with `ray start` (token auth on), and
-`myopia serve` pointed at them with RAY_ADDRESS. This is the remote-job path of a real cluster: each job ships its
-spec and the `trainers` package, reports to MLflow over HTTP, and works in the cluster's data dir
-(MYOPIA_JOB_DATA_DIR), never the control plane's."""
+server on it with served artifacts, a Ray head and a second Ray node started with `ray start` (token auth on), an
+S3 endpoint (moto) for the checkpoints, and `myopia serve` pointed at them with RAY_ADDRESS. This is the remote-job
+path of a real cluster: each job ships its spec and the `trainers` package, reports to MLflow over HTTP, keeps its
+checkpoints in the object store (MYOPIA_JOB_STORAGE) and its progress in the cluster's data dir
+(MYOPIA_JOB_DATA_DIR), never in the control plane's."""
 
 from __future__ import annotations
 
@@ -114,9 +115,15 @@ def topology(postgres_server, tmp_path):
     for key in ("RAY_ADDRESS", "MYOPIA_DATA_DIR", "MYOPIA_DATABASE_URL", "MLFLOW_TRACKING_URI", "MYOPIA_MLFLOW_URI"):
         base.pop(key, None)
     # a cluster of several nodes: not the embedded head's single-node mode (which refuses a second node)
-    ray_env = {**base, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    mlflow_port, api_port, s3_port = free_ports(3)
+    # an S3 endpoint on loopback (moto) for the checkpoints: the object-store path of MYOPIA_JOB_STORAGE
+    s3 = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}", "AWS_ACCESS_KEY_ID": "test",
+          "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    ray_env = {**base, **s3, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "token",
+               "RAY_AUTH_TOKEN": token}  # fmt: skip
     try:
-        mlflow_port, api_port = free_ports(2)
+        procs.start("s3", [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p",
+                           str(s3_port)], base)  # fmt: skip
         mlflow_env = {  # options through the environment, as the compose file and the manifests give them
             **base,
             "MLFLOW_BACKEND_STORE_URI": f"{postgres_server}/mlflow_{suffix}",
@@ -135,6 +142,9 @@ def topology(postgres_server, tmp_path):
         until(lambda: _alive_nodes(dashboard, auth) == 2, timeout=120)
         mlflow_url = f"http://127.0.0.1:{mlflow_port}"
         until(lambda: mlflow.poll() is None and _answers(f"{mlflow_url}/health"), timeout=180)
+        until(lambda: _answers(s3["AWS_ENDPOINT_URL"]), timeout=60)
+        bucket = _s3(s3)
+        bucket.create_bucket(Bucket="checkpoints")
         cluster_data = tmp_path / "cluster-data"  # "the shared volume": every node's /data
         cluster_data.mkdir()
         serve_env = {
@@ -142,6 +152,7 @@ def topology(postgres_server, tmp_path):
             "RAY_ADDRESS": dashboard,
             "MYOPIA_DATA_DIR": str(tmp_path / "control-plane"),
             "MYOPIA_JOB_DATA_DIR": str(cluster_data),
+            "MYOPIA_JOB_STORAGE": "s3://checkpoints/runs",
             "MYOPIA_JOB_PYTHON": sys.executable,
             "MYOPIA_DATABASE_URL": f"{postgres_server}/myopia_{suffix}",
             "MLFLOW_TRACKING_URI": mlflow_url,
@@ -154,9 +165,16 @@ def topology(postgres_server, tmp_path):
         yield {"url": url, "headers": {"Authorization": f"Bearer api-{token}"}, "dashboard": dashboard,
                "ray_headers": auth, "mlflow": mlflow_url, "cluster_data": cluster_data,
                "control_plane": tmp_path / "control-plane", "artifacts": tmp_path / "mlartifacts",
-               "logs": procs.log}  # fmt: skip
+               "logs": procs.log, "s3": bucket}  # fmt: skip
     finally:
         procs.stop()
+
+
+def _s3(env: dict[str, str]):
+    import boto3
+
+    keys = {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"]}
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"], **keys)
 
 
 def _answers(url: str, headers: dict | None = None) -> bool:
@@ -186,9 +204,13 @@ def test_a_sweep_over_rest_runs_on_a_two_node_cluster_with_postgres_and_an_mlflo
     runs = [api.get(f"/v1/runs/{r['id']}").json() for r in sweep["runs"]]
     # both nodes trained: the two runs ran at once, one CPU each, on nodes of one CPU
     assert len({node for r in runs for node in r["result"]["node_ids"]}) == 2, [r["result"]["node_ids"] for r in runs]
-    for r in runs:  # checkpoints in the cluster's data dir, nothing in the control plane's
-        assert (t["cluster_data"] / "runs" / r["id"]).is_dir()
-        assert r["result"]["checkpoint"].startswith(str(t["cluster_data"]))
+    for (
+        r
+    ) in runs:  # checkpoints in the object store, progress in the cluster's data dir, nothing in the control plane's
+        stored = t["s3"].list_objects_v2(Bucket="checkpoints", Prefix=f"runs/{r['id']}/")
+        assert any("checkpoint_" in o["Key"] for o in stored.get("Contents", [])), stored.get("Contents")
+        assert r["result"]["checkpoint"].startswith(f"checkpoints/runs/{r['id']}/")
+        assert (t["cluster_data"] / "runs" / f"{r['id']}.progress.json").exists()
     assert not (t["control_plane"] / "runs").exists()
     results = api.get(f"/v1/sweeps/{sweep_id}/results").json()
     (pair,) = results["pairs"]
