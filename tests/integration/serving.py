@@ -58,7 +58,7 @@ class ServeProcess:
     def post(self, path: str, body: dict) -> httpx.Response:
         return httpx.post(self.url + path, json=body, timeout=60)
 
-    def until(self, predicate, timeout: float = 400, step: float = 1.0):
+    def until(self, predicate, timeout: float = 400, step: float = 0.5):
         deadline = time.monotonic() + timeout
         while not (value := predicate()):
             assert time.monotonic() < deadline, f"timed out; serve log:\n{self.log.read_text()[-3000:]}"
@@ -66,8 +66,9 @@ class ServeProcess:
         return value
 
 
-def until(predicate, timeout: float = 400, step: float = 2.0, tick=None):
-    """Poll (calling `tick` between polls) until `predicate` holds."""
+def until(predicate, timeout: float = 400, step: float = 0.5, tick=None):
+    """Poll (calling `tick` between polls) until `predicate` holds; every half second, as the control plane's own
+    reconciler ticks every second (a coarser poll only adds waiting to the suite)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
