@@ -45,7 +45,6 @@ class Settings(BaseSettings):
         '["/data", "/mnt/checkpoints"]); default: the data dir',
     )
     max_request_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies are refused (413)")
-    # (the settings' defaults say "unset" as None; compose passes `${VAR:-}` through as an empty string)
 
     @field_validator(
         "database_url", "ray_address", "mlflow_uri", "api_token", "job_python", "job_storage", mode="before"

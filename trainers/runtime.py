@@ -31,12 +31,11 @@ def cuda_mismatch(driver: int | None, built_for: str | None) -> str | None:
             "no NVIDIA driver in this container (libcuda.so.1 not found): run GPU pods with the NVIDIA container "
             "runtime (the GPU operator's device plugin), or give the run no GPUs"
         )
-    need = tuple(int(x) for x in built_for.split(".")[:2])
-    have = (driver // 1000, driver % 1000 // 10)
-    if have[0] < need[0]:  # within a major, CUDA's minor-version compatibility lets an older driver run it
+    need, (major, minor) = int(built_for.split(".")[0]), divmod(driver // 10, 100)
+    if major < need:  # within a major, CUDA's minor-version compatibility lets an older driver run it
         return (
-            f"the NVIDIA driver supports CUDA {have[0]}.{have[1]} but torch {_torch_version()} is built for CUDA "
-            f"{built_for}: upgrade the driver (CUDA {need[0]} needs driver >= {DRIVER_FOR_CUDA.get(need[0], '?')}) "
+            f"the NVIDIA driver supports CUDA {major}.{minor} but torch {_torch_version()} is built for CUDA "
+            f"{built_for}: upgrade the driver (CUDA {need} needs driver >= {DRIVER_FOR_CUDA.get(need, '?')}) "
             "or use an image whose torch matches the driver"
         )
     return None

@@ -25,13 +25,12 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         db, jobs = getattr(self.app.state, "db", None), self.app.state.jobs
         if db is not None:
-            for model, name in ((Run, "runs"), (Sweep, "sweeps")):
-                family = GaugeMetricFamily(f"myopia_{name}", f"{name} in the store by status", labels=["status"])
-                with db() as s:
+            with db() as s:  # one session for the whole scrape
+                for model, name in ((Run, "runs"), (Sweep, "sweeps")):
+                    family = GaugeMetricFamily(f"myopia_{name}", f"{name} in the store by status", labels=["status"])
                     for status, n in s.execute(select(model.status, func.count()).group_by(model.status)):
                         family.add_metric([status], n)
-                yield family
-            with db() as s:
+                    yield family
                 live = s.scalar(select(func.count()).select_from(Run).where(Run.job_live))
             yield GaugeMetricFamily("myopia_live_jobs", "runs whose Ray job may be running", value=live or 0)
         if jobs is not None:
