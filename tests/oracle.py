@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from transformers import GPTNeoXForCausalLM
@@ -52,3 +54,81 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tupl
     assert a.keys() == b.keys()
     worst = max(a, key=lambda n: (a[n] - b[n]).abs().max().item())
     return (a[worst] - b[worst]).abs().max().item(), worst
+
+
+# ---- half precision: each dtype judged against its own floor (what vanilla SDPA and the paper-style reference err by)
+PRECISIONS = {  # label: (weight dtype, autocast dtype or None)
+    "fp32": (torch.float32, None),
+    "bf16": (torch.bfloat16, None),
+    "fp16": (torch.float16, None),
+    "bf16-autocast": (torch.float32, torch.bfloat16),
+    "fp16-autocast": (torch.float32, torch.float16),
+}
+
+
+def rel_err(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
+    """max over parameters of max|g − w| / max|w| (each parameter against its own gradient's scale)."""
+    worst = 0.0
+    for name, w in want.items():
+        scale = w.abs().max().item()
+        if scale > 0:
+            worst = max(worst, (got[name].double().cpu() - w).abs().max().item() / scale)
+    return worst
+
+
+def precision_grads(
+    model: GPTNeoXForCausalLM,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    precision: str,
+    mode: str,
+    variant: Variant = "hidden",
+    beta: float = 0.0,
+    impl: str = "fused",
+) -> dict[str, torch.Tensor]:
+    """The gradient of `lm_loss` with `model` (already in the precision's weight dtype) run in that precision."""
+    _, autocast = PRECISIONS[precision]
+    set_attention(model, mode, variant=variant, beta=beta, impl=impl)  # type: ignore[arg-type]
+    device = ids.device.type
+    with torch.autocast(device, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        loss = lm_loss(model, ids, mask)
+    return grads(model, loss.float())
+
+
+def floor_errors(
+    m64: GPTNeoXForCausalLM,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    precision: str,
+    variant: Variant,
+    beta: float,
+    device: str = "cpu",
+) -> tuple[float, float, float]:
+    """(e_myopic, e_vanilla, e_reference): relative errors against float64 targets of the fused myopic gradient,
+    vanilla SDPA's gradient and the paper-style reference's, all computed in `precision` on `device`. The float64
+    myopic target is the fused CPU gradient, itself checked against the brute force in float64."""
+    set_attention(m64, "myopic", variant=variant, beta=beta)
+    want = grads(m64, lm_loss(m64, ids, mask))
+    set_attention(m64, "vanilla")
+    want_vanilla = grads(m64, lm_loss(m64, ids, mask))
+    weights, _ = PRECISIONS[precision]
+    model = copy.deepcopy(m64).to(device, weights)
+    ids, mask = ids.to(device), None if mask is None else mask.to(device)
+    e_myopic = rel_err(precision_grads(model, ids, mask, precision, "myopic", variant, beta), want)
+    e_vanilla = rel_err(precision_grads(model, ids, mask, precision, "vanilla"), want_vanilla)
+    e_ref = rel_err(precision_grads(model, ids, mask, precision, "myopic", variant, beta, "reference"), want)
+    return e_myopic, e_vanilla, e_ref
+
+
+def last_position_input_grad(
+    model: GPTNeoXForCausalLM, ids: torch.Tensor, precision: str, mode: str, variant: Variant
+) -> torch.Tensor:
+    """The gradient of the loss at the last position alone into the input embeddings (B, T, d)."""
+    _, autocast = PRECISIONS[precision]
+    set_attention(model, mode, variant=variant)  # type: ignore[arg-type]
+    model.zero_grad(set_to_none=True)
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    with torch.autocast(ids.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        logits = model(inputs_embeds=embeds, use_cache=False).logits
+    F.cross_entropy(logits[:, -2].float(), ids[:, -1]).backward()
+    return embeds.grad

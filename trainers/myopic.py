@@ -90,70 +90,101 @@ def set_cut(model: torch.nn.Module, position: int | None) -> None:
 # ----------------------------------------------------------------------------------------------- fused kernels
 def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """transformers' SDPA masks are boolean (True = attend); the fused ops take an additive float mask too."""
-    if mask is None or mask.dtype != torch.bool:
-        return mask
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -math.inf)
 
 
-def _fused_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
-) -> tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]:
-    """(output, lse, kernel state) from the fused op vanilla SDPA would pick; lse is ln Σ_j exp(scaled s_ij)."""
-    causal = mask is None
-    if q.device.type == "cuda":
-        if mask is None and q.dtype in (torch.float16, torch.bfloat16):
-            out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
-                q, k, v, 0.0, True, False, scale=scale
-            )
-            return out, lse, ("flash", cq, ck, mq, mk, seed, offset)
-        T = q.shape[-2]
-        if mask is None:  # the efficient kernel's backward needs a bias tensor: make the causal one explicit
-            mask = torch.full((T, T), -math.inf, dtype=q.dtype, device=q.device).triu_(1)[None, None]
-        # the kernel wants the bias's last dimension aligned to 16 elements: pad, then view the T columns
-        bias = mask.new_zeros(*mask.shape[:-1], -(-T // 16) * 16)[..., :T].copy_(mask)
-        out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
-            q, k, v, bias, True, 0.0, False, scale=scale
+# The efficient CUDA kernel reads the bias in rows aligned to 16 elements (as vanilla SDPA pads it).
+BIAS_ALIGNMENT = 16
+KernelKind = Literal["flash", "efficient", "cpu"]
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """Which fused kernel runs and the mask arguments it gets: what vanilla SDPA would pick for these inputs.
+
+    `bias` is None for causal attention in every kernel (no T×T tensor); for a padding mask on CUDA it is a
+    (B, H, T, T) view of one (B_mask, 1, T, ⌈T/16⌉·16) buffer, broadcast over heads (and batch) with stride 0.
+    """
+
+    kind: KernelKind
+    bias: torch.Tensor | None
+    causal: bool
+
+
+def kernel_call(q: torch.Tensor, mask: torch.Tensor | None, device_type: str | None = None) -> KernelCall:
+    """The kernel and its arguments for queries `q` (B, H, T, D) and an additive mask (B or 1, 1, T, T) or None
+    (causal). `device_type` overrides q's device, so that CPU tests can check what CUDA would be given."""
+    device_type = device_type or q.device.type
+    if device_type != "cuda":
+        return KernelCall("cpu", mask, mask is None)
+    if mask is None:
+        half = q.dtype in (torch.float16, torch.bfloat16)
+        return KernelCall("flash" if half else "efficient", None, True)
+    B, H, T, _ = q.shape
+    width = -(-T // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
+    aligned = mask.new_zeros(mask.shape[0], 1, T, width, dtype=q.dtype)[..., :T]
+    aligned.copy_(mask)
+    return KernelCall("efficient", aligned.expand(B, H, T, T), False)
+
+
+def _kernel_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, call: KernelCall, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, lse as the kernel returns it, philox seed, offset); lse[..., :T] is ln Σ_j exp(scaled s_ij)."""
+    if call.kind == "flash":
+        out, lse, _, _, _, _, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, True, False, scale=scale
         )
-        return out, lse[..., :T], ("efficient", bias, lse, seed, offset)
+        return out, lse, seed, offset
+    if call.kind == "efficient":
+        out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, call.bias, True, 0.0, call.causal, scale=scale
+        )
+        return out, lse, seed, offset
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, k, v, 0.0, causal, attn_mask=mask, scale=scale
+        q, k, v, 0.0, call.causal, attn_mask=call.bias, scale=scale
     )
-    return out, lse, ("cpu", mask, causal)
+    empty = q.new_empty(0, dtype=torch.int64)
+    return out, lse, empty, empty.clone()
 
 
-def _fused_backward(
+def _kernel_backward(
     d_out: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    state: tuple[Any, ...],
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+    call: KernelCall,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    kind = state[0]
-    if kind == "flash":
-        _, cq, ck, mq, mk, seed, offset = state
+    if call.kind == "flash":
+        T = q.shape[-2]
         return torch.ops.aten._scaled_dot_product_flash_attention_backward(
-            d_out, q, k, v, out, lse, cq, ck, mq, mk, 0.0, True, seed, offset, scale=scale
+            d_out, q, k, v, out, lse, None, None, T, T, 0.0, True, seed, offset, scale=scale
         )
-    if kind == "efficient":
-        _, bias, full_lse, seed, offset = state
+    if call.kind == "efficient":
         dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-            d_out, q, k, v, bias, out, full_lse, seed, offset, 0.0, [True, True, True, False], False, scale=scale
+            d_out, q, k, v, call.bias, out, lse, seed, offset, 0.0, [True, True, True, False], call.causal, scale=scale
         )
         return dq, dk, dv
-    _, mask, causal = state
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        d_out, q, k, v, out, lse, 0.0, causal, attn_mask=mask, scale=scale
+        d_out, q, k, v, out, lse, 0.0, call.causal, attn_mask=call.bias, scale=scale
     )
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Partial rotary embedding on the first cos.shape[-1] dims (as transformers' apply_rotary_pos_emb)."""
+    """Partial rotary embedding on the first cos.shape[-1] dims (as transformers' apply_rotary_pos_emb), in the
+    precision of cos/sin as transformers computes it (fp32 under autocast), returned in x's dtype."""
     r = cos.shape[-1]
     rot = x[..., :r] * cos + rotate_half(x[..., :r]) * sin
-    return torch.cat([rot, x[..., r:]], dim=-1)
+    return torch.cat([rot.to(x.dtype), x[..., r:]], dim=-1)
 
 
 def _unrotate_grad_(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -176,75 +207,137 @@ def _diagonal_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dK_diag, dV_diag: the gradient of each position's own query's loss through its own key and value."""
     acc = torch.promote_types(q.dtype, torch.float32)
-    s_ii = (q.to(acc) * k.to(acc)).sum(-1) * scale
+    s_ii = _row_dot(q, k, acc) * scale
     if mask is not None:
         s_ii = s_ii + mask.diagonal(dim1=-2, dim2=-1).to(acc)
-    lse = lse.to(acc)
+    lse = lse[..., : q.shape[-2]].to(acc)
     # a query that sees no key (fully masked padding row) has lse = -inf and no gradient at all
     p_ii = torch.where(torch.isfinite(lse), torch.exp(s_ii - lse), torch.zeros_like(lse))
-    d_delta = (d_out.to(acc) * out.to(acc)).sum(-1)
-    d_ov = (d_out.to(acc) * v.to(acc)).sum(-1)
-    dv_diag = (p_ii.unsqueeze(-1) * d_out.to(acc)).to(v.dtype)
-    dk_diag = ((scale * p_ii * (d_ov - d_delta)).unsqueeze(-1) * q.to(acc)).to(k.dtype)
+    coef_k = scale * p_ii * (_row_dot(d_out, v, acc) - _row_dot(d_out, out, acc))
+    # fp32 coefficients times half operands promote per element: one rounding, no fp32 copy of an operand
+    dv_diag = (p_ii.unsqueeze(-1) * d_out).to(v.dtype)
+    dk_diag = (coef_k.unsqueeze(-1) * q).to(k.dtype)
     return dk_diag, dv_diag
 
 
-class MyopicAttentionFunction(torch.autograd.Function):
-    """x, W_qkv, b_qkv → attention output (B, T, H, D), plus the rotated keys and values for a KV cache."""
+def _row_dot(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Row dot products with `acc` products and sums (a half-precision bmm would round its output, and p_ii with it)."""
+    if a.dtype == acc:
+        return torch.linalg.vecdot(a, b)
+    return (a.to(acc) * b.to(acc)).sum(-1)
 
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        num_heads: int,
-        scale: float,
-        variant: Variant,
-        beta: float,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, _ = x.shape
-        qkv = F.linear(x, weight, bias).view(B, T, num_heads, -1).transpose(1, 2)
-        q, k, v = qkv.chunk(3, dim=-1)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        out, lse, state = _fused_forward(q, k, v, mask, scale)
-        ctx.save_for_backward(x, weight, q, k, v, out, lse, cos, sin, mask)
-        ctx.state, ctx.scale, ctx.variant, ctx.beta = state, scale, variant, beta
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(k, v)
-        return out.transpose(1, 2), k, v
 
-    @staticmethod
-    def backward(ctx: Any, d_out: torch.Tensor, _dk: Any, _dv: Any) -> tuple[Any, ...]:  # type: ignore[override]
-        x, weight, q, k, v, out, lse, cos, sin, mask = ctx.saved_tensors
-        B, H, T, D = q.shape
-        d_out = d_out.transpose(1, 2)
-        dq, dk, dv = _fused_backward(d_out, q, k, v, out, lse, ctx.state, ctx.scale)
-        dk_diag, dv_diag = _diagonal_terms(q, k, v, out, d_out, lse, mask, ctx.scale)
-        if ctx.beta > 0.0:  # edges to earlier positions pass beta of their gradient
-            dk_diag = torch.lerp(dk_diag, dk, ctx.beta)
-            dv_diag = torch.lerp(dv_diag, dv, ctx.beta)
+def _projected_attention(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor | None,
+    num_heads: int,
+    scale: float,
+) -> tuple[torch.Tensor, ...]:
+    B, T, _ = x.shape
+    qkv = F.linear(x, weight, bias).view(B, T, num_heads, -1).transpose(1, 2)
+    q, k, v = qkv.chunk(3, dim=-1)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    call = kernel_call(q, mask)
+    out, lse, seed, offset = _kernel_forward(q, k, v, call, scale)
+    return out, q, k, v, lse, seed, offset
 
-        # one (B, T, H, 3D) buffer in the QKV projection's layout, filled per head as [q | k | v]
-        grad = q.new_empty(B, T, H, 3 * D)
-        grad[..., :D] = _unrotate_grad_(dq, cos, sin).transpose(1, 2)
-        if ctx.variant == "kv":
-            grad[..., D : 2 * D] = _unrotate_grad_(dk_diag, cos, sin).transpose(1, 2)
-            grad[..., 2 * D :] = dv_diag.transpose(1, 2)
-        else:  # hidden: the weight sees the vanilla dK, dV (live weights on detached past inputs)
-            grad[..., D : 2 * D] = _unrotate_grad_(dk, cos, sin).transpose(1, 2)
-            grad[..., 2 * D :] = dv.transpose(1, 2)
-        flat = grad.view(B * T, 3 * H * D)
-        d_weight = flat.t() @ x.reshape(B * T, -1) if ctx.needs_input_grad[1] else None
-        d_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        if ctx.variant == "hidden" and ctx.needs_input_grad[0]:  # the input sees only the myopic dK, dV
-            grad[..., D : 2 * D] = _unrotate_grad_(dk_diag, cos, sin).transpose(1, 2)
-            grad[..., 2 * D :] = dv_diag.transpose(1, 2)
-        d_x = (flat @ weight).view_as(x) if ctx.needs_input_grad[0] else None
-        return d_x, d_weight, d_bias, None, None, None, None, None, None, None
+
+@torch.library.custom_op("myopia::attention", mutates_args=())
+def myopic_attention_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor | None,
+    num_heads: int,
+    scale: float,
+    variant: str,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """QKV projection, rotary embedding and fused causal attention as one op: (out (B, H, T, D), q, k, v, lse, seed,
+    offset). Only `out` carries a gradient; k and v serve a KV cache; the rest is kept for the backward.
+
+    `variant` and `beta` shape only the backward; they are arguments so that the op's identity carries them.
+    """
+    return _projected_attention(x, weight, bias, cos, sin, mask, num_heads, scale)
+
+
+@myopic_attention_op.register_fake
+def _(x, weight, bias, cos, sin, mask, num_heads, scale, variant, beta):  # type: ignore[no-untyped-def]
+    return _projected_attention(x, weight, bias, cos, sin, mask, num_heads, scale)  # aten ops have meta kernels
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    x, weight, bias, cos, sin, mask, _, scale, variant, beta = inputs
+    out, q, k, v, lse, seed, offset = output
+    ctx.save_for_backward(x, weight, cos, sin, mask, q, k, v, out, lse, seed, offset)
+    ctx.scale, ctx.variant, ctx.beta, ctx.has_bias = scale, variant, beta, bias is not None
+
+
+def _backward(ctx: Any, d_out: torch.Tensor, *_: Any) -> tuple[Any, ...]:
+    """The vanilla fused backward plus the O(T·d) diagonal terms; the QKV projection's backward by hand, so that
+    in the `hidden` variant the weight gets the vanilla dK, dV and the input only the myopic ones."""
+    x, weight, cos, sin, mask, q, k, v, out, lse, seed, offset = ctx.saved_tensors
+    B, H, T, D = q.shape
+    d_out = d_out.to(out.dtype)
+    call = kernel_call(q, mask)
+    dq, dk, dv = _kernel_backward(d_out, q, k, v, out, lse, seed, offset, call, ctx.scale)
+    dk_diag, dv_diag = _diagonal_terms(q, k, v, out, d_out, lse, mask, ctx.scale)
+    if ctx.beta > 0.0:  # edges to earlier positions pass beta of their gradient
+        dk_diag = torch.lerp(dk_diag, dk, ctx.beta)
+        dv_diag = torch.lerp(dv_diag, dv, ctx.beta)
+
+    # one (B, T, H, 3D) buffer in the QKV projection's layout, filled per head as [q | k | v]
+    grad = q.new_empty(B, T, H, 3 * D)
+    grad[..., :D] = _unrotate_grad_(dq, cos, sin).transpose(1, 2)
+    if ctx.variant == "kv":
+        grad[..., D : 2 * D] = _unrotate_grad_(dk_diag, cos, sin).transpose(1, 2)
+        grad[..., 2 * D :] = dv_diag.transpose(1, 2)
+    else:  # hidden: the weight sees the vanilla dK, dV (live weights on detached past inputs)
+        grad[..., D : 2 * D] = _unrotate_grad_(dk, cos, sin).transpose(1, 2)
+        grad[..., 2 * D :] = dv.transpose(1, 2)
+    flat = grad.view(B * T, 3 * H * D)
+    d_weight = flat.t() @ x.reshape(B * T, -1)
+    d_bias = flat.sum(0) if ctx.has_bias else None
+    if ctx.variant == "hidden":  # the input sees only the myopic dK, dV
+        grad[..., D : 2 * D] = _unrotate_grad_(dk_diag, cos, sin).transpose(1, 2)
+        grad[..., 2 * D :] = dv_diag.transpose(1, 2)
+    d_x = (flat @ weight).view_as(x)
+    return d_x, d_weight, d_bias, None, None, None, None, None, None, None
+
+
+myopic_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def myopic_attention(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor | None,
+    num_heads: int,
+    scale: float,
+    variant: Variant,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention output (B, T, H, D) and the rotated keys and values (B, H, T, D) for a KV cache.
+
+    Under autocast the op sees what vanilla attention computes in: x, W and b in the autocast dtype (as F.linear
+    casts them), cos/sin as given (transformers keeps them fp32 and rounds the rotated q, k to the half dtype).
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        half = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(half), weight.to(half)
+        bias = None if bias is None else bias.to(half)
+    mask = _additive_mask(mask, x.dtype)
+    out, _, k, v, *_ = myopic_attention_op(x, weight, bias, cos, sin, mask, num_heads, scale, variant, beta)
+    return out.transpose(1, 2), k, v
 
 
 # -------------------------------------------------------------------------------------- reference (paper-style)
@@ -310,7 +403,7 @@ class MyopicGPTNeoXAttention(GPTNeoXAttention):
     """GPT-NeoX attention with a switchable backward; `set_attention` turns existing modules into this class.
 
     Vanilla mode, and any forward without gradients (inference, `generate()` with its KV cache), run transformers'
-    own forward unchanged. With gradients enabled, myopic mode runs `MyopicAttentionFunction` (or the reference).
+    own forward unchanged. With gradients enabled, myopic mode runs the `myopia::attention` op (or the reference).
     Bigram mode (the reference arm: what losing the whole past costs) lets each position attend only to itself, in
     the forward too, so the model sees one token at a time.
     Under ZeRO-3 the module must be a leaf (`deepspeed.utils.set_z3_leaf_modules`) since it reads its
@@ -347,13 +440,13 @@ class MyopicGPTNeoXAttention(GPTNeoXAttention):
             out = _reference_attention(self, hidden_states, cos, sin, attention_mask)
             k = v = None
         else:
-            out, k, v = MyopicAttentionFunction.apply(
+            out, k, v = myopic_attention(
                 hidden_states,
                 self.query_key_value.weight,
                 self.query_key_value.bias,
                 cos,
                 sin,
-                _additive_mask(attention_mask, hidden_states.dtype),
+                attention_mask,
                 self.config.num_attention_heads,
                 self.scaling,
                 s.variant,
