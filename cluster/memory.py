@@ -101,15 +101,33 @@ def model_states_bytes(n_params: int, largest_layer: int, stage: int, gpus: int,
     return states
 
 
-def shape_activation_bytes(layers: int, hidden: int, vocab: int, tokens: int, precision: str = "fp16") -> float:
+def shape_activation_bytes(
+    layers: int, hidden: int, vocab: int, tokens: int, precision: str = "fp16", fused_loss: bool = False
+) -> float:
     """Activations of any GPT-NeoX shape for `tokens` = micro-batch × sequence length."""
     c = ACTIVATIONS[precision]
-    return tokens * (c.layer * layers * hidden + c.logit * vocab + c.token * hidden)
+    return tokens * (c.layer * layers * hidden + c.token * hidden) + loss_bytes(
+        hidden, vocab, tokens, precision, fused_loss
+    )
 
 
-def activation_bytes(size: str, micro_batch: int, seq_len: int = 64, precision: str = "fp16") -> float:
+def loss_bytes(hidden: int, vocab: int, tokens: int, precision: str, fused_loss: bool) -> float:
+    """The output projection and loss: the logits and their gradients (measured, 12 bytes per logit), or with
+    `train.fused_loss` liger-kernel's chunks, counted from its source (not measured: no GPU here): one chunk of
+    next_pow2(⌈N / ⌈V/h⌉⌉) tokens' logits in the input dtype plus their fp32 gradient, the head's input gradient
+    (N × h) and its weight gradient (V × h, fp32) held from the forward on."""
+    if not fused_loss:
+        return ACTIVATIONS[precision].logit * tokens * vocab
+    width = 4 if precision == "fp32" else 2
+    chunk = 2 ** math.ceil(math.log2(max(1, -(-tokens // -(-vocab // hidden)))))
+    return chunk * vocab * (width + 4) + tokens * hidden * width + vocab * hidden * 4
+
+
+def activation_bytes(
+    size: str, micro_batch: int, seq_len: int = 64, precision: str = "fp16", fused_loss: bool = False
+) -> float:
     s = PYTHIA_SIZES[size]
-    return shape_activation_bytes(s.layers, s.hidden, PYTHIA_VOCAB, micro_batch * seq_len, precision)
+    return shape_activation_bytes(s.layers, s.hidden, PYTHIA_VOCAB, micro_batch * seq_len, precision, fused_loss)
 
 
 def deepspeed_buffers_bytes(stage: int, precision: str = "fp16") -> int:
@@ -144,26 +162,43 @@ def fixed_bytes(size: str, zero_stage: int, gpus: int, precision: str = "fp16") 
 
 
 def peak_bytes(
-    size: str, micro_batch: int, *, seq_len: int = 64, precision: str = "fp16", zero_stage: int = 1, gpus: int = 1
+    size: str,
+    micro_batch: int,
+    *,
+    seq_len: int = 64,
+    precision: str = "fp16",
+    zero_stage: int = 1,
+    gpus: int = 1,
+    fused_loss: bool = False,
 ) -> float:
     """Per GPU, everything included: compare with BUDGET_BYTES."""
     states, buffers = fixed_bytes(size, zero_stage, gpus, precision)
-    acts = activation_bytes(size, micro_batch, seq_len, precision)
+    acts = activation_bytes(size, micro_batch, seq_len, precision, fused_loss)
     return (states + acts + buffers) * (1 + FRAGMENTATION) + CONTEXT_BYTES
 
 
 def largest_micro_batch(
-    size: str, *, seq_len: int = 64, precision: str = "fp16", zero_stage: int = 1, gpus: int = 1
+    size: str,
+    *,
+    seq_len: int = 64,
+    precision: str = "fp16",
+    zero_stage: int = 1,
+    gpus: int = 1,
+    fused_loss: bool = False,
 ) -> int:
     """The most sequences per worker per forward whose peak stays below BUDGET_BYTES (0: not even one)."""
-    states, buffers = fixed_bytes(size, zero_stage, gpus, precision)
-    room = (BUDGET_BYTES - CONTEXT_BYTES) / (1 + FRAGMENTATION) - states - buffers
-    micro = max(0, math.floor(room / activation_bytes(size, 1, seq_len, precision)))
-    while micro > 0 and (
-        peak_bytes(size, micro, seq_len=seq_len, precision=precision, zero_stage=zero_stage, gpus=gpus) >= BUDGET_BYTES
-    ):
-        micro -= 1  # floating-point ties at the boundary
-    return micro
+    kw = dict(seq_len=seq_len, precision=precision, zero_stage=zero_stage, gpus=gpus, fused_loss=fused_loss)
+
+    def fits(micro: int) -> bool:
+        return peak_bytes(size, micro, **kw) < BUDGET_BYTES  # type: ignore[arg-type]
+
+    low, high = 0, 1  # fits(low); the peak grows with the micro-batch: double, then bisect
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
 
 
 def estimate(

@@ -156,7 +156,8 @@ def size_spec(request: SweepRequest, size: str, seed: int, profile: str) -> dict
 
 def gpu_fit(size: str, doc: dict[str, Any]) -> int | None:
     """On GPUs, the most sequences per forward that fit one GPU with the headroom `cluster.memory` keeps, at this
-    run's sequence length, precision and ZeRO stage (a Pythia shape; config overrides are not modelled)."""
+    run's sequence length, precision, ZeRO stage and loss (fused or not; a Pythia shape; config overrides are not
+    modelled)."""
     res, train = doc["resources"], doc["train"]
     if not res.get("gpus_per_worker") or size not in PYTHIA_SIZES:
         return None
@@ -169,6 +170,7 @@ def gpu_fit(size: str, doc: dict[str, Any]) -> int | None:
         precision=train.get("precision", defaults.precision),
         zero_stage=res.get("zero_stage", 0),
         gpus=int(res.get("workers", 1) * res["gpus_per_worker"]),
+        fused_loss=train.get("fused_loss", defaults.fused_loss) and doc.get("data", {}).get("kind") != "synthetic",
     )
 
 

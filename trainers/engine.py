@@ -10,6 +10,7 @@ import torch
 from deepspeed.utils import set_z3_leaf_modules
 
 from trainers.myopic import MyopicGPTNeoXAttention
+from trainers.speedups import FusedLossHead
 
 
 def backend() -> str:
@@ -53,8 +54,8 @@ def initialize(
     The scheduler steps with the optimizer and is saved in the engine's checkpoints.
     """
     if config["zero_optimization"]["stage"] == 3:
-        # the myopic attention reads its projection's weight itself: ZeRO-3 must gather per attention module
-        set_z3_leaf_modules(model, [MyopicGPTNeoXAttention])
+        # the myopic attention and the fused loss head read their weights themselves: ZeRO-3 must gather per module
+        set_z3_leaf_modules(model, [MyopicGPTNeoXAttention, FusedLossHead])
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     return engine
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from trainers.runtime import check_cuda, configure_deepspeed_env
 from trainers.spec import RunSpec
+from trainers.speedups import adamw, fuse_loss, speedups
 from trainers.tasks import make_task
 from trainers.tracking import Tracker
 
@@ -85,10 +86,11 @@ def train_loop(config: dict[str, Any]) -> None:
     marks["data"] = time.time()
     torch.manual_seed(spec.seed)  # the same initial weights in both arms
     model = task.build_model()
+    fast = speedups(spec)
+    if fast.fused_loss:
+        fuse_loss(model)
     marks["model"] = time.time()
-    opt = torch.optim.AdamW(
-        param_groups(model, spec.optimizer.weight_decay), lr=spec.lr, betas=spec.optimizer.betas, eps=spec.optimizer.eps
-    )
+    opt = adamw(param_groups(model, spec.optimizer.weight_decay), spec, fused=fast.fused_adamw)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec))
     ds_config = eng.ds_config(
         stage=spec.resources.zero_stage,
@@ -99,6 +101,8 @@ def train_loop(config: dict[str, Any]) -> None:
         clip=spec.optimizer.clip,
     )
     engine = eng.initialize(model, opt, ds_config, scheduler=sched)
+    if fast.compile:
+        engine.compile()
     marks["engine"] = time.time()
 
     start = 0

@@ -174,6 +174,12 @@ class TrainSpec(Strict):
     checkpoint_interval: int = Field(
         0, ge=0, le=10_000_000, description="steps between checkpoints; 0: only at the end"
     )
+    compile: bool = Field(True, description="GPU workers: torch.compile the model (DeepSpeed's engine.compile)")
+    fused_loss: bool = Field(
+        True,
+        description="GPU workers, text data: liger-kernel's fused linear + cross-entropy, chunked, with no "
+        "micro_batch × seq_len × vocabulary logits",
+    )
 
 
 class OptimizerSpec(Strict):
@@ -184,6 +190,7 @@ class OptimizerSpec(Strict):
     warmup_frac: float = Field(0.01, ge=0.0, lt=1.0)
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine decays to this fraction of lr")
     clip: float = Field(1.0, ge=0.0, le=1e6, description="gradient-norm clipping; 0: none")
+    fused: bool = Field(True, description="GPU workers: torch's fused AdamW kernel")
 
 
 class ResourceSpec(Strict):

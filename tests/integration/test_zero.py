@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.nn.utils import clip_grad_norm_
 
-from tests.integration.zero_worker import ADAMW, MODES, batches, fresh_model
+from tests.integration.zero_worker import ADAMW, FAST_MODE, FAST_STAGES, MODES, batches, fresh_model
 from tests.oracle import brute_force_grads, grads, lm_loss, max_abs_diff
 
 pytestmark = pytest.mark.slow
@@ -81,7 +81,7 @@ def oracle_grads(mode: str, variant: str) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("mode,variant", MODES)
 def test_engine_matches_oracle_and_plain_pytorch(zero_results, stage, mode, variant):
-    got = zero_results[(stage, mode, variant)]
+    got = zero_results[(stage, mode, variant, False)]
     oracle = oracle_grads(mode, variant)
     err, where = max_abs_diff({n: g.double() for n, g in got["grads"].items()}, oracle)
     assert err < 2e-6, f"ZeRO-{stage} {mode}/{variant}: gradient vs float64 oracle {err:.3g} at {where}"
@@ -90,4 +90,16 @@ def test_engine_matches_oracle_and_plain_pytorch(zero_results, stage, mode, vari
     err, where = max_abs_diff(got["params"], params)
     assert err < 1e-5, f"ZeRO-{stage} {mode}/{variant}: parameters vs plain PyTorch {err:.3g} at {where}"
     if mode == "myopic":  # the arms really train differently, so the comparison above can fail
-        assert max_abs_diff(got["params"], zero_results[(stage, "vanilla", "hidden")]["params"])[0] > 1e-4
+        assert max_abs_diff(got["params"], zero_results[(stage, "vanilla", "hidden", False)]["params"])[0] > 1e-4
+
+
+@pytest.mark.parametrize("stage", FAST_STAGES)
+def test_gpu_speedups_keep_the_myopic_gradient(zero_results, stage):
+    """The fused-loss head (`labels=` through `FusedLossHead`, a ZeRO-3 leaf) and `engine.compile()` (inductor) on
+    the same engines: the first gradient is still the brute-force myopic one and training ends where plain
+    PyTorch does. On CPU the head runs its plain linear + cross-entropy; liger's kernel is checked on CUDA."""
+    got = zero_results[(stage, *FAST_MODE, True)]
+    err, where = max_abs_diff({n: g.double() for n, g in got["grads"].items()}, oracle_grads(*FAST_MODE))
+    assert err < 2e-6, f"ZeRO-{stage} with speedups: gradient vs float64 oracle {err:.3g} at {where}"
+    err, where = max_abs_diff(got["params"], plain_run(*FAST_MODE)[1])
+    assert err < 1e-5, f"ZeRO-{stage} with speedups: parameters vs plain PyTorch {err:.3g} at {where}"

@@ -12,8 +12,12 @@ from tests.oracle import lm_loss, tiny_config
 from trainers.models import build_model
 from trainers.myopic import set_attention
 from trainers.runtime import configure_deepspeed_env
+from trainers.speedups import fuse_loss
 
 MODES = [("vanilla", "hidden"), ("myopic", "hidden"), ("myopic", "kv")]
+# The GPU speedups (trainers.speedups) forced on, on CPU: the fused-loss head (its CPU form) and engine.compile
+# (inductor), at the stages where DeepSpeed partitions what they touch
+FAST_STAGES, FAST_MODE = (2, 3), ("myopic", "hidden")
 STEPS, GLOBAL_BATCH, T = 3, 4, 16
 # eps well above float32 gradient noise: Adam's first steps are sign-like, and entries whose gradient is zero in
 # exact arithmetic (the key bias, by softmax shift invariance) would turn rounding noise into full-size updates
@@ -46,24 +50,30 @@ def main(out: str) -> None:
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_grad
 
     results = {}
-    for stage in (0, 1, 2, 3):
-        for mode, variant in MODES:
-            model = fresh_model(mode, variant)
-            config = eng.ds_config(stage=stage, micro_batch=GLOBAL_BATCH // world, world_size=world)
-            engine = eng.initialize(model, torch.optim.AdamW(model.parameters(), **ADAMW), config)
-            params = list(engine.module.named_parameters())
-            per_rank = GLOBAL_BATCH // world
-            grads = None
-            for step, ids in enumerate(batches()):
-                loss = lm_loss(engine, ids[rank * per_rank : (rank + 1) * per_rank])
-                engine.backward(loss)
-                if step == 0:
-                    grads = full(safe_get_full_grad, params, stage)
-                engine.step()
-            final = full(safe_get_full_fp32_param, params, stage)
-            if rank == 0:
-                results[(stage, mode, variant)] = {"grads": grads, "params": final}
-            engine.destroy()
+    runs = [(stage, mode, variant, False) for stage in (0, 1, 2, 3) for mode, variant in MODES]
+    runs += [(stage, *FAST_MODE, True) for stage in FAST_STAGES]
+    for stage, mode, variant, fast in runs:
+        model = fresh_model(mode, variant)
+        if fast:
+            fuse_loss(model)
+        config = eng.ds_config(stage=stage, micro_batch=GLOBAL_BATCH // world, world_size=world)
+        engine = eng.initialize(model, torch.optim.AdamW(model.parameters(), **ADAMW), config)
+        if fast:
+            engine.compile()
+        params = list(engine.module.named_parameters())
+        per_rank = GLOBAL_BATCH // world
+        grads = None
+        for step, ids in enumerate(batches()):
+            mine = ids[rank * per_rank : (rank + 1) * per_rank]
+            loss = engine(mine, labels=mine, use_cache=False).loss if fast else lm_loss(engine, mine)
+            engine.backward(loss)
+            if step == 0:
+                grads = full(safe_get_full_grad, params, stage)
+            engine.step()
+        final = full(safe_get_full_fp32_param, params, stage)
+        if rank == 0:
+            results[(stage, mode, variant, fast)] = {"grads": grads, "params": final}
+        engine.destroy()
     if rank == 0:
         torch.save(results, out)
     dist.barrier()

@@ -52,6 +52,7 @@ def test_pythia_paper_as_planned_fits():
                 precision=t.precision,
                 zero_stage=r.zero_stage,
                 gpus=int(r.workers * r.gpus_per_worker),
+                fused_loss=t.fused_loss,
             )
             assert peak < memory.BUDGET_BYTES, (pair.size, peak / memory.GIB)
 
@@ -103,11 +104,11 @@ def test_the_planner_caps_the_micro_batch_to_what_fits(seq_len, precision):
         r, t = spec.resources, spec.train
         gpus = int(r.workers * r.gpus_per_worker)
         peak = memory.peak_bytes(pair.size, t.micro_batch, seq_len=seq_len, precision=precision,
-                                 zero_stage=r.zero_stage, gpus=gpus)  # fmt: skip
+                                 zero_stage=r.zero_stage, gpus=gpus, fused_loss=t.fused_loss)  # fmt: skip
         assert peak < memory.BUDGET_BYTES, (pair.size, t.micro_batch, peak / memory.GIB)
         assert t.global_batch % (t.micro_batch * r.workers) == 0  # whole accumulation steps
         bigger = memory.peak_bytes(pair.size, 2 * t.micro_batch, seq_len=seq_len, precision=precision,
-                                   zero_stage=r.zero_stage, gpus=gpus)  # fmt: skip
+                                   zero_stage=r.zero_stage, gpus=gpus, fused_loss=t.fused_loss)  # fmt: skip
         cap = placement(pair.size, "gpu").max_micro_batch
         assert (
             bigger >= memory.BUDGET_BYTES

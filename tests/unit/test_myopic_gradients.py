@@ -132,22 +132,7 @@ def test_float32_matches_float64(ids):
     assert err < 1e-5, f"{err:.3g} at {where}"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("variant", ["hidden", "kv"])
-@pytest.mark.parametrize("with_padding", [False, True], ids=["causal", "padded"])
-def test_cuda_kernels_match_cpu_float64(model, ids, padding_mask, variant, dtype, tol, with_padding):
-    """CUDA's flash (bf16, no mask) and memory-efficient kernels against the float64 CPU gradient (checked above
-    against the brute force); tolerance relative to each parameter's gradient scale."""
-    mask = padding_mask if with_padding else None
-    want = fast(model, ids, "myopic", variant, 0.3, attention_mask=mask)
-    gpu = build_model("14m", **tiny_config()).to("cuda", dtype)
-    gpu.load_state_dict(model.state_dict())
-    got = fast(gpu, ids.cuda(), "myopic", variant, 0.3, attention_mask=None if mask is None else mask.cuda())
-    for name, g in got.items():
-        scale = want[name].abs().max().item() + 1e-12
-        err = (g.double().cpu() - want[name]).abs().max().item() / scale
-        assert err < tol, f"{name}: relative error {err:.3g}"
+# CUDA kernels in every precision, against each dtype's floor: tests/unit/test_myopic_precision.py
 
 
 # ---- checks that share no code with the implementation: what the definition implies, read off the gradients

@@ -1,0 +1,80 @@
+"""The GPU speedups' switches (trainers.speedups): what a worker turns on, and the fused-loss head's loss and
+gradients against the model's own `labels=` loss. Liger's CUDA kernel is checked where a GPU is visible; the
+engine path (ZeRO-2/3, engine.compile) is in tests/integration/test_zero.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cluster import memory
+from tests.oracle import grads, tiny_config
+from trainers.models import build_model
+from trainers.myopic import set_attention
+from trainers.spec import RunSpec
+from trainers.speedups import FusedLossGPTNeoX, fuse_loss, speedups
+
+
+def test_switches_apply_on_gpu_workers_only():
+    text = RunSpec()
+    on = speedups(text, cuda=True)
+    assert on.compile and on.fused_adamw and on.fused_loss
+    off = speedups(text, cuda=False)
+    assert not (off.compile or off.fused_adamw or off.fused_loss)
+    synthetic = RunSpec.model_validate({"data": {"kind": "synthetic"}})
+    assert not speedups(synthetic, cuda=True).fused_loss  # Huber regression: no cross-entropy to fuse
+    plain = RunSpec.model_validate({"train": {"compile": False, "fused_loss": False}, "optimizer": {"fused": False}})
+    assert speedups(plain, cuda=True) == speedups(plain, cuda=False)
+
+
+def test_switches_are_part_of_a_runs_identity():
+    assert RunSpec().config_hash() != RunSpec.model_validate({"train": {"compile": False}}).config_hash()
+
+
+def _loss_and_grads(model, ids, device="cpu", autocast=None):
+    with torch.autocast(device, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        loss = model(ids, labels=ids, use_cache=False).loss
+    return loss.detach().float(), grads(model, loss)
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "myopic"])
+def test_fused_loss_head_equals_the_models_own_loss(mode):
+    torch.manual_seed(0)
+    model = set_attention(build_model("14m", **tiny_config()), mode)
+    ids = torch.randint(0, 48, (3, 11))
+    want_loss, want = _loss_and_grads(model, ids)
+    fuse_loss(model)
+    assert isinstance(model, FusedLossGPTNeoX)
+    got_loss, got = _loss_and_grads(model, ids)
+    torch.testing.assert_close(got_loss, want_loss)
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, msg=name)
+    assert model(ids).logits.shape == (3, 11, 48)  # without labels: logits, as before (evaluation, generate)
+    assert set(model.state_dict()) == set(build_model("14m", **tiny_config()).state_dict())
+
+
+def test_memory_model_counts_the_fused_loss_chunks():
+    """Without the fused loss the logits dominate at T = 2048 (12 bytes per logit); with it, a chunk and the head's
+    weight gradient: the largest micro-batch that fits grows."""
+    kw = dict(seq_len=2048, precision="bf16", zero_stage=1, gpus=1)
+    plain = memory.largest_micro_batch("410m", **kw)
+    fused = memory.largest_micro_batch("410m", fused_loss=True, **kw)
+    assert fused > plain > 0
+    assert memory.peak_bytes("410m", fused, fused_loss=True, **kw) < memory.BUDGET_BYTES
+    assert memory.peak_bytes("410m", fused + 1, fused_loss=True, **kw) >= memory.BUDGET_BYTES
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+def test_liger_fused_loss_on_cuda(autocast):
+    torch.manual_seed(0)
+    model = build_model("14m", **tiny_config(vocab_size=512)).cuda()
+    ids = torch.randint(0, 512, (4, 64), device="cuda")
+    want_loss, want = _loss_and_grads(model, ids, "cuda", autocast)
+    fuse_loss(model)
+    got_loss, got = _loss_and_grads(model, ids, "cuda", autocast)
+    tol = 1e-4 if autocast is None else 2e-2
+    torch.testing.assert_close(got_loss, want_loss, rtol=tol, atol=tol)
+    for name, g in want.items():
+        scale = g.abs().max().item() + 1e-12
+        assert (got[name] - g).abs().max().item() / scale < 10 * tol, name
