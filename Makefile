@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install postgres demo test test-fast lint format bench locks up down clean
+.PHONY: install postgres demo test test-fast lint format bench gpu-check gpu-wheelhouse locks up down clean
 
 install: $(STAMP)
 
@@ -49,6 +49,30 @@ format: install
 
 bench: install
 	$(BIN)/python bench/myopic_attention.py
+
+# Every GPU check in one command, on a GPU machine without network, with the torch that machine has (2.11 or the
+# locked 2.13): the wheels of `make gpu-wheelhouse` unpacked onto PYTHONPATH, then bench/gpu_check.py (the
+# environment, the CUDA tests, exactness, one layer and whole steps with MFU; tables printed and written as JSON
+# under $(GPU_OUT)/). SMOKE=1: the same code on CPU, small, in this project's venv (the test suite runs it too).
+GPU_WHEELS := gpu-wheels
+GPU_OUT ?= gpu-check
+gpu-check:
+ifdef SMOKE
+	$(MAKE) install
+	$(BIN)/python bench/gpu_check.py --smoke --out $(GPU_OUT)
+else
+	python3 bench/gpu_wheels.py --unpack $(GPU_WHEELS) .gpu-site
+	PYTHONPATH=.gpu-site python3 bench/gpu_check.py --out $(GPU_OUT)
+endif
+
+# On a machine with network: what a GPU machine lacks beside its torch, for Python 3.12 on x86_64, at this
+# checkout's locked versions (transformers, pydantic, pytest, liger-kernel and their dependencies: about 30 MB).
+gpu-wheelhouse: install
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --platform any -d $(GPU_WHEELS) $$($(BIN)/python bench/gpu_wheels.py)
+	@du -sh $(GPU_WHEELS)
 
 # One lock per image, with hashes (pip --require-hashes in the Dockerfiles): pyproject's runtime dependencies (no dev
 # tools) plus the image's own pins (cluster/docker/*.in), resolved for Linux x86_64 and Python 3.11 within

@@ -57,6 +57,17 @@ def test_pythia_paper_as_planned_fits():
             assert peak < memory.BUDGET_BYTES, (pair.size, peak / memory.GIB)
 
 
+def test_memory_model_counts_the_fused_loss_chunks():
+    """Without the fused loss the logits dominate at T = 2048 (12 bytes per logit); with it, a chunk and the head's
+    weight gradient: the largest micro-batch that fits grows."""
+    kw = dict(seq_len=2048, precision="bf16", zero_stage=1, gpus=1)
+    plain = memory.largest_micro_batch("410m", **kw)
+    fused = memory.largest_micro_batch("410m", fused_loss=True, **kw)
+    assert fused > plain > 0
+    assert memory.peak_bytes("410m", fused, fused_loss=True, **kw) < memory.BUDGET_BYTES
+    assert memory.peak_bytes("410m", fused + 1, fused_loss=True, **kw) >= memory.BUDGET_BYTES
+
+
 def test_deepspeed_estimator_matches_a_hand_count():
     # ZeRO-2, 2.8b on 8 GPUs: 2Ψ of fp16 params + (2 fp16 grads + 16 fp32 grads, params, moments)·Ψ/8
     big = memory.estimate("2.8b")
