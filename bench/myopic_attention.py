@@ -9,16 +9,21 @@ Modes run interleaved, round after round, and the median is reported, so that lo
 mode alike. Memory: on CUDA the allocator's peak; on CPU the bytes autograd keeps for backward (activations),
 which is where the modes differ.
 
-    python bench/myopic_attention.py [--rounds N] [--quick]
+    python bench/myopic_attention.py [--rounds N] [--quick] [--json FILE]
+
+--json appends this run (machine, versions, every row) to FILE, a list of runs: repeats give the spread.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -141,6 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--quick", action="store_true", help="T ∈ {64, 512} only, 3 rounds")
+    ap.add_argument("--json", help="append this run's rows to this JSON file (a list of runs)")
     args = ap.parse_args()
     rounds = 3 if args.quick else args.rounds
     cuda = torch.cuda.is_available()
@@ -170,6 +176,30 @@ def main() -> None:
         print(f"| {label} | {r['median'] * 1e3:.1f} | {r['min'] * 1e3:.1f} | {ratio:.3f} |{extra}")
     ratio = steps["myopic"]["median"] / steps["vanilla"]["median"]
     print(f"\nmyopic / vanilla training step: {ratio:.3f} (target ≤ 1.05)")
+    if args.json:
+        run = {
+            "command": f"python bench/myopic_attention.py --rounds {rounds} --json {args.json}",
+            "machine": name,
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "rounds": rounds,
+            "layer": [
+                dict(
+                    T=T,
+                    mode=label,
+                    ms=t * 1e3,
+                    memory_bytes=m,
+                    time_vs_vanilla=t / base[T][0],
+                    memory_vs_vanilla=m / base[T][1],
+                )
+                for T, label, t, m in rows
+            ],  # fmt: skip
+            "step": {k: {"median_ms": r["median"] * 1e3, "min_ms": r["min"] * 1e3} for k, r in steps.items()},
+            "step_myopic_vs_vanilla": ratio,
+        }
+        path = Path(args.json)
+        runs = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps([*runs, run], indent=1))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
 # The CUDA image: Ray head and GPU workers (cluster/ray-cluster.yaml, cluster/kuberay/). torch 2.13.0 from PyPI is
 # built for CUDA 13.0 and brings its CUDA libraries as wheels (cuda-toolkit 13.0, cuDNN and NCCL for cu13: see
 # cuda.lock), so the base is CUDA 13.0 too: its driver requirement (NVIDIA driver >= 580 on the node) is torch's.
-# The runtime base, not devel: nothing is compiled on GPU nodes (the optimizer is torch's AdamW, so DeepSpeed builds
-# no op). Ubuntu 24.04 has no Python 3.11; uv installs CPython 3.11.14, a final release (python-build-standalone).
+# The runtime base, not devel: DeepSpeed builds no op (the optimizer is torch's AdamW), and the only code compiled on
+# GPU nodes is Triton's (torch.compile's inductor, liger-kernel), which needs just a C compiler for its small launcher
+# stubs: gcc and libc headers. Ubuntu 24.04 has no Python 3.11; uv installs CPython 3.11.14, a final release
+# (python-build-standalone).
 # Build from the repository root: docker build -f cluster/docker/cuda.Dockerfile -t myopia:cuda .
 FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
 
 FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04
 
 # rsync and an ssh client: the Ray cluster launcher (docker mode) copies its bootstrap files into this container
-# with rsync and reaches the nodes over ssh. Ubuntu's image has a user of uid 1000 ("ubuntu"): it becomes myopia,
-# the uid the manifests run as.
+# with rsync and reaches the nodes over ssh; gcc and libc6-dev: Triton builds its kernel launchers at run time.
+# Ubuntu's image has a user of uid 1000 ("ubuntu"): it becomes myopia, the uid the manifests run as.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
- && apt-get install -y --no-install-recommends rsync openssh-client ca-certificates \
+ && apt-get install -y --no-install-recommends rsync openssh-client ca-certificates gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/* \
  && usermod --login myopia --home /home/myopia --move-home ubuntu && groupmod --new-name myopia ubuntu \
  && mkdir -p /data /mlartifacts /opt/venv /opt/python && chown myopia:myopia /data /mlartifacts /opt/venv /opt/python
