@@ -56,13 +56,14 @@ bench: install
 # under $(GPU_OUT)/). SMOKE=1: the same code on CPU, small, in this project's venv (the test suite runs it too).
 GPU_WHEELS := gpu-wheels
 GPU_OUT ?= gpu-check
+GPU_PYTHON ?= python3
 gpu-check:
 ifdef SMOKE
 	$(MAKE) install
 	$(BIN)/python bench/gpu_check.py --smoke --out $(GPU_OUT)
 else
-	python3 bench/gpu_wheels.py --unpack $(GPU_WHEELS) .gpu-site
-	PYTHONPATH=.gpu-site python3 bench/gpu_check.py --out $(GPU_OUT)
+	$(GPU_PYTHON) bench/gpu_wheels.py --unpack $(GPU_WHEELS) .gpu-site
+	PYTHONPATH=.gpu-site $(GPU_PYTHON) bench/gpu_check.py --out $(GPU_OUT)
 endif
 
 # On a machine with network: what a GPU machine lacks beside its torch, for Python 3.12 on x86_64, at this

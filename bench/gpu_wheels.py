@@ -14,17 +14,15 @@ import zipfile
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from packaging.markers import default_environment
-from packaging.requirements import Requirement
-
 ROOTS = ["transformers", "pydantic", "pytest"]
-# The GPU image's torch brings these (its own builds): never shadow them.
-TORCH_SIDE = {"torch", "triton", "numpy", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "setuptools"}
+# torch and its own dependencies, and numpy, come with the GPU machine's torch: never shadow them.
+TORCH_SIDE = {"torch", "triton", "numpy", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "setuptools",
+              "filelock", "fsspec", "typing-extensions"}  # fmt: skip
 # GPU-only packages, not installed on a CPU machine: pinned where the CUDA image pins them.
 CUDA_IN = Path(__file__).resolve().parents[1] / "cluster" / "docker" / "cuda.in"
 GPU_ONLY = ["liger-kernel"]
-TARGET = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.3",
-          "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "extra": ""}  # fmt: skip
+TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
+          "platform_system": "Linux", "platform_machine": "x86_64", "extra": ""}  # fmt: skip
 
 
 def norm(name: str) -> str:
@@ -32,6 +30,11 @@ def norm(name: str) -> str:
 
 
 def closure(roots: list[str]) -> dict[str, str]:
+    # imported here: `--unpack` runs on the GPU machine before anything is on PYTHONPATH, packaging perhaps absent
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    target = {**default_environment(), **TARGET}
     seen: dict[str, str] = {}
     todo = list(roots)
     while todo:
@@ -45,7 +48,7 @@ def closure(roots: list[str]) -> dict[str, str]:
         seen[name] = dist.version
         for line in dist.requires or []:
             req = Requirement(line)
-            if req.marker is None or req.marker.evaluate(TARGET):
+            if req.marker is None or req.marker.evaluate(target):
                 todo.append(req.name)
     return seen
 

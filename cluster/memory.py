@@ -113,14 +113,18 @@ def shape_activation_bytes(
 
 def loss_bytes(hidden: int, vocab: int, tokens: int, precision: str, fused_loss: bool) -> float:
     """The output projection and loss: the logits and their gradients (measured, 12 bytes per logit), or with
-    `train.fused_loss` liger-kernel's chunks, counted from its source (not measured: no GPU here): one chunk of
-    next_pow2(⌈N / ⌈V/h⌉⌉) tokens' logits in the input dtype plus their fp32 gradient, the head's input gradient
-    (N × h) and its weight gradient (V × h, fp32) held from the forward on."""
+    `train.fused_loss` what liger-kernel 0.8.5 allocates, read from its source (not measured: no GPU here). It runs
+    the N = micro-batch × (T − 1) predictions in chunks of min(next_pow2(⌈N / ⌈V/h⌉⌉), N) rows: one chunk of logits
+    in the input dtype (their gradient is written in place), the head's input gradient (N × h, input dtype) and its
+    weight gradient (V × h, fp32 accumulation, `trainers.speedups`); in fp32 runs one more V × h fp32 temporary per
+    chunk's weight-gradient product."""
     if not fused_loss:
         return ACTIVATIONS[precision].logit * tokens * vocab
     width = 4 if precision == "fp32" else 2
-    chunk = 2 ** math.ceil(math.log2(max(1, -(-tokens // -(-vocab // hidden)))))
-    return chunk * vocab * (width + 4) + tokens * hidden * width + vocab * hidden * 4
+    rows = tokens  # N(T − 1)/T of them in truth: counting T per sequence errs on the safe side
+    chunk = min(2 ** math.ceil(math.log2(max(1, -(-rows // -(-vocab // hidden))))), rows)
+    weight_grad = vocab * hidden * 4 * (2 if precision == "fp32" else 1)
+    return chunk * vocab * width + rows * hidden * width + weight_grad
 
 
 def activation_bytes(

@@ -162,6 +162,7 @@ def gpu_fit(size: str, doc: dict[str, Any]) -> int | None:
     if not res.get("gpus_per_worker") or size not in PYTHIA_SIZES:
         return None
     from cluster.memory import largest_micro_batch  # (imports DeepSpeed: only for GPU plans)
+    from trainers.speedups import fuses_loss
 
     defaults = RunSpec.model_fields["train"].default
     return largest_micro_batch(
@@ -170,7 +171,11 @@ def gpu_fit(size: str, doc: dict[str, Any]) -> int | None:
         precision=train.get("precision", defaults.precision),
         zero_stage=res.get("zero_stage", 0),
         gpus=int(res.get("workers", 1) * res["gpus_per_worker"]),
-        fused_loss=train.get("fused_loss", defaults.fused_loss) and doc.get("data", {}).get("kind") != "synthetic",
+        fused_loss=fuses_loss(
+            doc.get("data", {}).get("kind", "text"),
+            train.get("precision", defaults.precision),
+            train.get("fused_loss", defaults.fused_loss),
+        ),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -70,9 +71,12 @@ def rel_err(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> floa
     """max over parameters of max|g − w| / max|w| (each parameter against its own gradient's scale)."""
     worst = 0.0
     for name, w in want.items():
+        g = got[name].double().cpu()
+        if not torch.isfinite(g).all():  # max() would skip a NaN: a non-finite gradient is an infinite error
+            return math.inf
         scale = w.abs().max().item()
         if scale > 0:
-            worst = max(worst, (got[name].double().cpu() - w).abs().max().item() / scale)
+            worst = max(worst, (g - w).abs().max().item() / scale)
     return worst
 
 

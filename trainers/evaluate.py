@@ -38,6 +38,23 @@ def _per_sequence(n: int, parts: list[tuple[np.ndarray, torch.Tensor]]) -> list[
     return [round(x, 6) for x in _all_sum(out).tolist()]
 
 
+# The most logits evaluation holds at once (about 1.6 GB with their fp32 copy and log-softmax): a micro-batch sized
+# for training with the fused loss (no logits) would not fit as a whole.
+EVAL_LOGITS = 2**27
+
+
+def _logit_rows(seq_len: int, model: Any) -> int:
+    """Sequences per forward in evaluation (a DeepSpeed engine holds the model as `.module`)."""
+    vocab = getattr(model, "module", model).config.vocab_size
+    return max(1, EVAL_LOGITS // (seq_len * vocab))
+
+
+def _token_losses(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy per prediction, (B, T − 1), float64."""
+    logits = model(ids, use_cache=False).logits.float()
+    return F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").double()
+
+
 @torch.no_grad()
 def text_loss(model: torch.nn.Module, batches: Batches, n: int, seq_len: int) -> dict:
     """Held-out next-token cross-entropy: mean, per position, and per sequence (for paired intervals between the
@@ -46,8 +63,7 @@ def text_loss(model: torch.nn.Module, batches: Batches, n: int, seq_len: int) ->
     count = torch.zeros(1, dtype=torch.float64)
     parts = []
     for idx, ids in batches:
-        logits = model(ids, use_cache=False).logits.float()
-        ce = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none").double()  # (B, T-1)
+        ce = torch.cat([_token_losses(model, part) for part in ids.split(_logit_rows(ids.shape[1], model))])
         sums += ce.sum(0).cpu()
         count += ids.shape[0]
         parts.append((idx, ce.mean(1).cpu()))

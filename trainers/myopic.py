@@ -104,7 +104,9 @@ KernelKind = Literal["flash", "efficient", "cpu"]
 
 @dataclass(frozen=True)
 class KernelCall:
-    """Which fused kernel runs and the mask arguments it gets: what vanilla SDPA would pick for these inputs.
+    """Which fused kernel runs and the mask arguments it gets: flash attention where it can run, the memory-efficient
+    kernel otherwise (vanilla SDPA's order among these two; where it prefers cuDNN attention, on sm90 with a recent
+    cuDNN, this op still runs flash: `make gpu-check` records vanilla's choice).
 
     `bias` is None for causal attention in every kernel (no T×T tensor); for a padding mask on CUDA it is a
     (B, H, T, T) view of one (B_mask, 1, T, ⌈T/16⌉·16) buffer, broadcast over heads (and batch) with stride 0.
@@ -122,13 +124,22 @@ def kernel_call(q: torch.Tensor, mask: torch.Tensor | None, device_type: str | N
     if device_type != "cuda":
         return KernelCall("cpu", mask, mask is None)
     if mask is None:
-        half = q.dtype in (torch.float16, torch.bfloat16)
-        return KernelCall("flash" if half else "efficient", None, True)
+        return KernelCall("flash" if _flash_usable(q) else "efficient", None, True)
     B, H, T, _ = q.shape
     width = -(-T // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
     aligned = mask.new_zeros(mask.shape[0], 1, T, width, dtype=q.dtype)[..., :T]
     aligned.copy_(mask)
     return KernelCall("efficient", aligned.expand(B, H, T, T), False)
+
+
+def _flash_usable(q: torch.Tensor) -> bool:
+    """Flash attention's own limits: half precision, head dims up to 256 in steps of 8, an sm80+ GPU."""
+    D = q.shape[-1]
+    if q.dtype not in (torch.float16, torch.bfloat16) or D % 8 or D > 256:
+        return False
+    if not torch.backends.cuda.flash_sdp_enabled():
+        return False
+    return q.device.type != "cuda" or torch.cuda.get_device_capability(q.device) >= (8, 0)
 
 
 def _kernel_forward(
@@ -276,12 +287,17 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor
     x, weight, bias, cos, sin, mask, _, scale, variant, beta = inputs
     out, q, k, v, lse, seed, offset = output
     ctx.save_for_backward(x, weight, cos, sin, mask, q, k, v, out, lse, seed, offset)
+    # only `out` carries a gradient: no zero tensors materialised for the others in every layer's backward
+    ctx.mark_non_differentiable(q, k, v, lse, seed, offset)
+    ctx.set_materialize_grads(False)
     ctx.scale, ctx.variant, ctx.beta, ctx.has_bias = scale, variant, beta, bias is not None
 
 
 def _backward(ctx: Any, d_out: torch.Tensor, *_: Any) -> tuple[Any, ...]:
     """The vanilla fused backward plus the O(T·d) diagonal terms; the QKV projection's backward by hand, so that
     in the `hidden` variant the weight gets the vanilla dK, dV and the input only the myopic ones."""
+    if d_out is None:  # the loss does not depend on this layer's output
+        return (None,) * 10
     x, weight, cos, sin, mask, q, k, v, out, lse, seed, offset = ctx.saved_tensors
     B, H, T, D = q.shape
     d_out = d_out.to(out.dtype)

@@ -3,7 +3,9 @@
 chunk by chunk and never holds the micro-batch × T × 50k logits.
 
 They apply on GPU workers only: liger's kernels are Triton (GPU), and CPU runs are small and short, where compiling
-costs more than it gains. Both arms of a pair get the same switches (they are part of the run's identity).
+costs more than it gains. The fused loss is for text runs, and not in fp16: liger computes the logits' gradient
+during the forward, before DeepSpeed's loss scale is applied, and in fp16 the small entries of (p − y)/N underflow.
+Both arms of a pair get the same switches (they are part of the run's identity).
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ class Speedups:
 def speedups(spec: RunSpec, cuda: bool | None = None) -> Speedups:
     """The switches this worker turns on: the spec's, on a GPU worker."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    text = spec.data.kind != "synthetic"  # the fused loss is next-token cross-entropy: text runs only
     return Speedups(
         compile=cuda and spec.train.compile,
         fused_adamw=cuda and spec.optimizer.fused,
-        fused_loss=cuda and text and spec.train.fused_loss,
+        fused_loss=cuda and fuses_loss(spec.data.kind, spec.train.precision, spec.train.fused_loss),
     )
+
+
+def fuses_loss(data_kind: str, precision: str, switch: bool) -> bool:
+    """Whether a GPU run with these settings uses the fused loss (the planner's memory model asks too)."""
+    return switch and data_kind != "synthetic" and precision != "fp16"
 
 
 class FusedLossHead(torch.nn.Linear):
@@ -50,7 +56,8 @@ class FusedLossHead(torch.nn.Linear):
         if h.is_cuda:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
-            return LigerFusedLinearCrossEntropyLoss()(self.weight, h, y, self.bias)
+            # fp32 accumulation of the head's weight gradient across chunks (liger's default rounds per chunk)
+            return LigerFusedLinearCrossEntropyLoss(accum_dtype=torch.float32)(self.weight, h, y, self.bias)
         return F.cross_entropy(F.linear(h, self.weight, self.bias).float(), y)
 
 

@@ -31,8 +31,8 @@ def test_gpu_check_smoke_runs_every_section(tmp_path):
     assert exact and all(r["ok"] for r in exact)
     assert {r["precision"] for r in exact} == {"fp32", "bf16-autocast"}
     assert any(r.get("check") == "leak" for r in exact)
-    for section in ("layer", "steps"):
-        assert {r["mode"] for r in report[section]} == {"vanilla", "myopic", "kv"}
+    assert {r["mode"] for r in report["layer"]} == {"vanilla", "myopic", "kv"}
+    assert {r["mode"] for r in report["steps"]} == {"vanilla", "myopic"}  # compiled: kv left out
     assert all(r["step_ms"] > 0 and r["compiled"] for r in report["steps"])
 
 

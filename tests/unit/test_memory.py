@@ -13,6 +13,7 @@ from cluster.memory_probe import Shape, measure
 from cluster.resources import placement
 from services.planner import SweepRequest, plan
 from trainers.models import PYTHIA_SIZES
+from trainers.speedups import fuses_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def test_pythia_paper_as_planned_fits():
                 precision=t.precision,
                 zero_stage=r.zero_stage,
                 gpus=int(r.workers * r.gpus_per_worker),
-                fused_loss=t.fused_loss,
+                fused_loss=fuses_loss(spec.data.kind, t.precision, t.fused_loss),
             )
             assert peak < memory.BUDGET_BYTES, (pair.size, peak / memory.GIB)
 
@@ -114,12 +115,13 @@ def test_the_planner_caps_the_micro_batch_to_what_fits(seq_len, precision):
         spec = pair.runs["myopic"]
         r, t = spec.resources, spec.train
         gpus = int(r.workers * r.gpus_per_worker)
+        fused = fuses_loss(spec.data.kind, t.precision, t.fused_loss)
         peak = memory.peak_bytes(pair.size, t.micro_batch, seq_len=seq_len, precision=precision,
-                                 zero_stage=r.zero_stage, gpus=gpus, fused_loss=t.fused_loss)  # fmt: skip
+                                 zero_stage=r.zero_stage, gpus=gpus, fused_loss=fused)  # fmt: skip
         assert peak < memory.BUDGET_BYTES, (pair.size, t.micro_batch, peak / memory.GIB)
         assert t.global_batch % (t.micro_batch * r.workers) == 0  # whole accumulation steps
         bigger = memory.peak_bytes(pair.size, 2 * t.micro_batch, seq_len=seq_len, precision=precision,
-                                   zero_stage=r.zero_stage, gpus=gpus, fused_loss=t.fused_loss)  # fmt: skip
+                                   zero_stage=r.zero_stage, gpus=gpus, fused_loss=fused)  # fmt: skip
         cap = placement(pair.size, "gpu").max_micro_batch
         assert (
             bigger >= memory.BUDGET_BYTES

@@ -171,3 +171,25 @@ def test_cuda_no_gradient_leaks(m64, ids, precision):
     for variant in ("hidden", "kv"):
         g = last_position_input_grad(model, ids.cuda(), precision, "myopic", variant)
         assert torch.count_nonzero(g[:, :-2]) == 0 and torch.count_nonzero(g[:, -2]) > 0, (precision, variant)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("masked", [False, True], ids=["causal", "padded"])
+def test_cuda_compiled_matches_eager(m64, ids, masked):
+    """Inductor on CUDA (Triton kernels around the op, its backward traced into the graph), bf16 autocast: the
+    compiled gradient equals the eager one to bf16's rounding."""
+    torch._dynamo.reset()
+    model = build_model("14m", **tiny_config()).cuda()
+    model.load_state_dict(m64.state_dict())
+    ids, mask = ids.cuda(), _padding().cuda() if masked else None
+    compiled_model = torch.compile(model, fullgraph=True)
+    for variant in ("hidden", "kv"):
+        set_attention(model, "myopic", variant=variant, beta=0.5 if variant == "kv" else 0.0)
+        got = {}
+        for label, m in (("eager", model), ("compiled", compiled_model)):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = lm_loss(m, ids, mask)
+            got[label] = grads(model, loss.float())
+        for name, g in got["eager"].items():
+            scale = g.abs().max().item() + 1e-12
+            assert (got["compiled"][name] - g).abs().max().item() / scale < 3e-2, f"{variant} {name}"

@@ -22,6 +22,8 @@ def test_switches_apply_on_gpu_workers_only():
     assert not (off.compile or off.fused_adamw or off.fused_loss)
     synthetic = RunSpec.model_validate({"data": {"kind": "synthetic"}})
     assert not speedups(synthetic, cuda=True).fused_loss  # Huber regression: no cross-entropy to fuse
+    fp16 = RunSpec.model_validate({"train": {"precision": "fp16"}, "resources": {"gpus_per_worker": 1}})
+    assert not speedups(fp16, cuda=True).fused_loss  # liger's forward-time gradient would underflow before scaling
     plain = RunSpec.model_validate({"train": {"compile": False, "fused_loss": False}, "optimizer": {"fused": False}})
     assert speedups(plain, cuda=True) == speedups(plain, cuda=False)
 
@@ -66,3 +68,23 @@ def test_liger_fused_loss_on_cuda(autocast):
     for name, g in want.items():
         scale = g.abs().max().item() + 1e-12
         assert (got[name] - g).abs().max().item() / scale < 10 * tol, name
+
+
+def test_evaluation_holds_a_bounded_number_of_logits(monkeypatch):
+    """A micro-batch sized for training with the fused loss would not fit as whole logits: evaluation splits it,
+    with the same result."""
+    from trainers import evaluate
+
+    torch.manual_seed(0)
+    model = build_model("14m", **tiny_config()).eval()
+    ids = torch.randint(0, 48, (5, 12))
+    batches = [(torch.arange(5).numpy(), ids)]
+    whole = evaluate.text_loss(model, batches, 5, 12)
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(a[0].shape[0]) or forward(*a, **k))
+    monkeypatch.setattr(evaluate, "EVAL_LOGITS", 2 * 12 * 48)  # two sequences' logits at a time
+    split = evaluate.text_loss(model, batches, 5, 12)
+    assert calls == [2, 2, 1]
+    assert split["per_sequence"] == whole["per_sequence"]
+    assert split["per_position"] == pytest.approx(whole["per_position"], rel=1e-12)
