@@ -71,11 +71,14 @@ def results_table(res: dict[str, Any]) -> Table:
     bigram = any(s.get("bigram_loss_mean") is not None for s in res["sizes"])
     columns = ["size", "params", "pairs", "vanilla", "myopic", *(["bigram"] if bigram else []), "gap"]
     columns += ["CI seeds", "CI held-out"] + (["share lost"] if bigram else [])
+    dp = any(s.get("fraction_of_baseline") for s in res["sizes"])
+    columns += ["÷ baseline, past window"] if dp else []
     caption = "params: non-embedding; CI: 95% interval of the gap over seeds (training variance) and over held-out "
     caption += "sequences (evaluation variance)"
     caption += "; share lost: (myopic − vanilla) / (bigram − vanilla)" if bigram else ""
+    caption += "; ÷ baseline: Huber/p over the trivial myopic baseline's (0 where z = 1, x where z = 0)" if dp else ""
     table = Table(title="myopia gap (myopic − vanilla)", caption=caption)
-    for name in [*columns, *(["drift (Welch)"] if drift else [])]:
+    for name in [*columns, *(["drift (Holm-adjusted p)"] if drift else [])]:
         table.add_column(name, overflow="fold")  # a narrow terminal wraps a number; it never cuts it to "4.70…"
     for s in res["sizes"]:
         row = [
@@ -93,11 +96,15 @@ def results_table(res: dict[str, Any]) -> Table:
             share = s.get("share_lost")
             ci = s.get("share_lost_ci95") or s.get("share_lost_eval_ci95")
             which = "seeds" if s.get("share_lost_ci95") else "held-out"
-            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}] ({which})" if ci else ""
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}] ({which})" if ci else " (no bounded interval)"
             row.append("-" if share is None else f"{share:.3f}{interval}")
+        if dp:
+            f = s.get("fraction_of_baseline") or {}
+            row.append(", ".join(f"{arm} {v['past_window']:.3f}" for arm, v in f.items()) or "-")
         if drift:
             moved = "yes" if s.get("drift") else "no"
-            row.append(s["test"] if s.get("p_value") is None else f"{moved}, p = {s['p_value']:.3g}")
+            tested = f"{moved}, {s['test']}, p = {s['p_holm']:.3g}" if s.get("p_holm") is not None else s["test"]
+            row.append(tested)
         table.add_row(*row)
     return table
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel
 
+from trainers.models import shape_label
+
 
 def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)  # SQLite returns naive datetimes
@@ -49,7 +51,7 @@ class RunOut(BaseModel):
             sweep_id=run.sweep_id,
             pair_id=run.pair_id,
             arm=run.arm,
-            size=spec["model"]["size"],
+            size=shape_label(spec["model"]["size"], **spec["model"].get("overrides", {})),
             seed=spec["seed"],
             status=run.status,
             attempt=run.attempt,

@@ -6,13 +6,19 @@ Two intervals, for two sources of variance, each labelled where it is shown:
 - over held-out sequences (evaluation variance): the arms of a pair are scored on the same held-out sequences, so
   the per-sequence differences (averaged over the size's seeds) give a paired interval even for a single pair.
   Neighbouring sequences come from the same documents and are correlated, so the interval is over the means of
-  blocks of EVAL_BLOCK consecutive sequences (batch means), not over sequences as if independent. It says how well
-  the evaluation set pins this model's gap down, not how a retrained model would land.
+  blocks of consecutive sequences (batch means), not over sequences as if independent. The block length is chosen
+  from the series: twice arch's Politis–White estimate of its optimal block length (a fixed 16 undercovers when the
+  correlation is long; the stationary bootstrap itself undercovers at these lengths: tests/unit/test_gap_stats.py
+  measures all three). It says how well the evaluation set pins this model's gap down, not how a retrained model
+  would land.
 With a bigram arm (each position sees only itself): the share of the context benefit that myopia loses,
-(myopic − vanilla) / (bigram − vanilla), with the same two intervals (over sequences by the delta method).
+(myopic − vanilla) / (bigram − vanilla), with the same two intervals by Fieller's method: none (and said so) where
+the denominator, bigram − vanilla, is not significantly above zero.
 - Across sizes: a least-squares line of the gap against log10(non-embedding parameters), weighted by each size's
   standard error where every size has one (else unweighted, and said so), with a 95% t-interval on the slope.
-- Between a scheduled sweep and the one before it: a two-sample Welch test per size, or why it cannot test.
+- Between a scheduled sweep and the one before it: per size, a paired t-test on the gaps of the seeds both sweeps
+  ran (a rerun reuses its seeds), Welch's two-sample test where they share fewer than two seeds, or why it cannot
+  test; drift is judged on Holm-adjusted p-values across the sizes of the sweep.
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from arch.bootstrap import optimal_block_length
 from pydantic import BaseModel
 from scipy import optimize, stats
+from statsmodels.stats.multitest import multipletests
 
 DRIFT_ALPHA = 0.05
-EVAL_BLOCK = 16  # held-out sequences per block: 16 windows of 128 tokens span several documents of these corpora
+# Batch means over blocks this many times the Politis–White block length: 93–95% coverage of nominal 95% intervals on
+# AR(1) series with ρ from 0 to 0.95 (lengths 256–2048; tests/unit/test_gap_stats.py), where fixed blocks of 16
+# cover 72–83% at ρ ≥ 0.9.
+BLOCK_SCALE = 2
 
 
 Interval = tuple[float, float]
@@ -44,8 +55,12 @@ class SizeGap(BaseModel):
     myopic_loss_mean: float
     bigram_loss_mean: float | None = None
     share_lost: float | None = None  # gap_mean / (bigram − vanilla)
-    share_lost_ci95: Interval | None = None  # over seeds
-    share_lost_eval_ci95: Interval | None = None  # over held-out sequences
+    share_lost_ci95: Interval | None = None  # over seeds (Fieller)
+    share_lost_eval_ci95: Interval | None = None  # over held-out sequences (Fieller on block means)
+    share_lost_note: str | None = None  # why an interval is missing (bigram − vanilla not significant)
+    # D_p: each arm's held-out Huber/p as a fraction of the trivial myopic baseline's on the same sequences
+    # (0 where z = 1, x_n where z = 0), over all positions and over positions past the window; mean over seeds
+    fraction_of_baseline: dict[str, dict[str, float]] | None = None
 
 
 class GapFit(BaseModel):
@@ -61,9 +76,10 @@ class GapFit(BaseModel):
 
 
 class Drift(BaseModel):
-    test: str  # "welch", or why there is no test
+    test: str  # "paired t" (same seeds), "welch" (different seeds), or why there is no test
     p_value: float | None
-    drift: bool | None  # the gap moved (p < 0.05); None when it cannot be tested
+    drift: bool | None  # the gap moved (Holm-adjusted p < 0.05 across the sweep's sizes); None: cannot be tested
+    p_holm: float | None = None  # adjusted across the sizes tested
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float | None, Interval | None]:
@@ -77,11 +93,22 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float | None, Interva
     return mean, se, (mean - half, mean + half)
 
 
-def blocked_interval(values: Sequence[float], block: int = EVAL_BLOCK) -> Interval | None:
-    """95% interval of the mean of a correlated series in its order (per-sequence differences along the held-out
-    stream) by batch means: a t-interval over the means of consecutive blocks, centred on the overall mean; None
-    with fewer than two blocks."""
+def block_length(values: Sequence[float]) -> int:
+    """Batch length for a correlated series: BLOCK_SCALE × arch's Politis–White estimate of its optimal
+    (stationary-bootstrap) block length, at least 1."""
     x = np.asarray(values, dtype=float)
+    if len(x) < 4 or not np.ptp(x) > 0:
+        return 1
+    estimate = float(optimal_block_length(x)["stationary"].iloc[0])
+    return max(1, math.ceil(BLOCK_SCALE * estimate)) if math.isfinite(estimate) else 1
+
+
+def blocked_interval(values: Sequence[float], block: int | None = None) -> Interval | None:
+    """95% interval of the mean of a correlated series in its order (per-sequence differences along the held-out
+    stream) by batch means: a t-interval over the means of consecutive blocks (`block` long, by default chosen from
+    the series), centred on the overall mean; None with fewer than two blocks."""
+    x = np.asarray(values, dtype=float)
+    block = block or block_length(x)
     if len(x) < 2 * block:
         return None
     blocks = block_means(x, block)
@@ -90,22 +117,32 @@ def blocked_interval(values: Sequence[float], block: int = EVAL_BLOCK) -> Interv
     return (float(x.mean()) - half, float(x.mean()) + half)
 
 
-def block_means(values: Sequence[float], block: int = EVAL_BLOCK) -> np.ndarray:
+def block_means(values: Sequence[float], block: int) -> np.ndarray:
     """Means of consecutive blocks of about `block` values (at least one block)."""
     x = np.asarray(values, dtype=float)
     return np.array([b.mean() for b in np.array_split(x, max(1, len(x) // block))])
 
 
-def ratio_interval(num: Sequence[float], den: Sequence[float]) -> Interval | None:
-    """95% interval of mean(num) / mean(den) over paired observations, by the delta method (a t quantile on the
-    linearised ratio); None when the denominator's mean is zero or there are fewer than two pairs."""
+def fieller_interval(num: Sequence[float], den: Sequence[float]) -> tuple[Interval | None, str | None]:
+    """95% interval of mean(num) / mean(den) over paired observations by Fieller's theorem (t quantile, n − 1
+    degrees of freedom): (interval, None), or (None, why) with fewer than two pairs or when mean(den) is not
+    significantly different from zero, where the confidence set is unbounded."""
     a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
-    if len(a) < 2 or b.mean() == 0:
-        return None
-    r = a.mean() / b.mean()
-    se = float((a - r * b).std(ddof=1) / math.sqrt(len(a)) / abs(b.mean()))
-    half = float(stats.t.ppf(0.975, len(a) - 1)) * se
-    return (r - half, r + half)
+    n = len(a)
+    if n < 2:
+        return None, "one pair: no interval"
+    ma, mb = a.mean(), b.mean()
+    cov = np.cov(a, b, ddof=1) / n  # of the means
+    saa, sbb, sab = cov[0, 0], cov[1, 1], cov[0, 1]
+    t = float(stats.t.ppf(0.975, n - 1))
+    g = t**2 * sbb / mb**2 if mb != 0 else math.inf
+    if g >= 1:
+        return None, "bigram − vanilla not significantly above zero: the ratio's interval is unbounded"
+    r = ma / mb
+    disc = saa - 2 * r * sab + r**2 * sbb - g * (saa - sab**2 / sbb if sbb > 0 else 0.0)
+    centre = r - g * sab / sbb if sbb > 0 else r
+    half = t / abs(mb) * math.sqrt(max(disc, 0.0))
+    return ((centre - half) / (1 - g), (centre + half) / (1 - g)), None
 
 
 def size_gap(
@@ -143,11 +180,17 @@ def size_gap(
         if benefit <= 0:  # the past does not help (yet): no share of it to lose
             return row
         row.share_lost = mean / benefit
-        row.share_lost_ci95 = ratio_interval(diffs, [b - v for v, b in zip(vanilla, bigram, strict=True)])
+        notes = []
+        if len(diffs) > 1:
+            row.share_lost_ci95, why = fieller_interval(diffs, [b - v for v, b in zip(vanilla, bigram, strict=True)])
+            notes += [f"over seeds: {why}"] if why else []
         if {"vanilla", "myopic", "bigram"} <= seq.keys():
-            row.share_lost_eval_ci95 = ratio_interval(
-                block_means(seq["myopic"] - seq["vanilla"]), block_means(seq["bigram"] - seq["vanilla"])
-            )
+            gap, gain = seq["myopic"] - seq["vanilla"], seq["bigram"] - seq["vanilla"]
+            block = max(block_length(gap), block_length(gain))
+            if len(gap) >= 2 * block:
+                row.share_lost_eval_ci95, why = fieller_interval(block_means(gap, block), block_means(gain, block))
+                notes += [f"over held-out sequences: {why}"] if why else []
+        row.share_lost_note = "; ".join(notes) or None
     return row
 
 
@@ -178,13 +221,34 @@ def fit_gap(points: Sequence[SizeGap], min_params: int = 0) -> GapFit | None:
     )
 
 
-def drift(previous: Sequence[float], current: Sequence[float]) -> Drift:
-    """Did the gap move between two sweeps? Welch's two-sample t-test on the per-pair gaps."""
-    if len(previous) < 2 or len(current) < 2:
+def drift(previous: dict[int, float], current: dict[int, float]) -> Drift:
+    """Did one size's gap move between two sweeps? Gaps by seed: a paired t-test on the seeds both ran (a rerun
+    reuses its seeds), Welch's test where they share fewer than two. Unadjusted: `drift_across_sizes` adjusts."""
+    shared = sorted(previous.keys() & current.keys())
+    if len(shared) >= 2:
+        before, now = [previous[k] for k in shared], [current[k] for k in shared]
+        test, p = "paired t", float(stats.ttest_rel(now, before).pvalue)
+    elif len(previous) >= 2 and len(current) >= 2:
+        test, p = (
+            "welch",
+            float(stats.ttest_ind(list(current.values()), list(previous.values()), equal_var=False).pvalue),
+        )
+    else:
         return Drift(
             test=f"cannot test: n < 2 (previous {len(previous)}, now {len(current)})", p_value=None, drift=None
         )
-    p = float(stats.ttest_ind(current, previous, equal_var=False).pvalue)
-    if math.isnan(p):  # identical constant samples
-        return Drift(test="cannot test: no spread in either sweep", p_value=None, drift=None)
-    return Drift(test="welch", p_value=p, drift=p < DRIFT_ALPHA)
+    if math.isnan(p):  # identical constant samples, or identical differences
+        return Drift(test="cannot test: no spread in the differences", p_value=None, drift=None)
+    return Drift(test=test, p_value=p, drift=p < DRIFT_ALPHA)
+
+
+def drift_across_sizes(tests: list[Drift]) -> list[Drift]:
+    """Holm's correction across the sizes of one sweep: a size drifted when its adjusted p-value is below 0.05."""
+    tested = [i for i, d in enumerate(tests) if d.p_value is not None]
+    if not tested:
+        return tests
+    reject, adjusted, _, _ = multipletests([tests[i].p_value for i in tested], alpha=DRIFT_ALPHA, method="holm")
+    out = list(tests)
+    for i, rej, adj in zip(tested, reject, adjusted, strict=True):
+        out[i] = tests[i].model_copy(update={"drift": bool(rej), "p_holm": float(adj)})
+    return out

@@ -11,15 +11,21 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend
 from sqlalchemy.orm import sessionmaker
 
-from services.gap_stats import SizeGap, blocked_interval, drift, fit_gap, size_gap
+from services.gap_stats import SizeGap, blocked_interval, drift, drift_across_sizes, fit_gap, size_gap
 from services.store import RunStatus, Sweep
 from services.sweeps import get_sweep
 from trainers.evaluate import headline
-from trainers.models import PYTHIA_SIZES, SIZES, count_params
+from trainers.models import PYTHIA_SIZES, count_params, shape_label
 
 
 def _loss(result: dict[str, Any]) -> float:
     return headline(result["eval"])[1]
+
+
+def _label(spec: dict[str, Any]) -> str:
+    """The size's name, or the model's shape where the sweep's overrides change it (sweeps stored before labels
+    too)."""
+    return shape_label(spec["model"]["size"], **spec["model"].get("overrides", {}))
 
 
 def _nonembedding(spec: dict[str, Any]) -> int:
@@ -46,7 +52,7 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "pair_id": pair.id,
-                    "size": pair.size,
+                    "size": _label(done["vanilla"].spec),
                     "seed": pair.seed,
                     "n_params_nonembedding": _nonembedding(done["vanilla"].spec),
                     "vanilla_loss": _loss(v),
@@ -56,9 +62,29 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
                     "gap_eval_ci95": _eval_interval(seq.get("vanilla"), seq.get("myopic")),
                     "gap_per_position": [b - a for a, b in zip(pv, pm, strict=False)],
                     "per_sequence": {arm: losses for arm, losses in seq.items() if losses},
+                    **_baseline_fractions(done),
                 }
             )
     return rows
+
+
+def _baseline_fractions(done: dict[str, Any]) -> dict[str, Any]:
+    """D_p runs: each arm's fraction of the trivial myopic baseline (all positions, past the window) and per
+    position; nothing for text runs or runs evaluated before the baseline was recorded."""
+    evals = {arm: run.result["eval"] for arm, run in done.items()}
+    if not all("baseline_per_position" in e for e in evals.values()):
+        return {}
+    base = evals["vanilla"]["baseline_per_position"]
+    return {
+        "fraction_of_baseline": {
+            arm: {"all": e["fraction_of_baseline"], "past_window": e["fraction_of_baseline_past_window"]}
+            for arm, e in evals.items()
+        },
+        "fraction_of_baseline_per_position": {
+            arm: [x / b if b else None for x, b in zip(e["per_position"], base, strict=False)]
+            for arm, e in evals.items()
+        },
+    }
 
 
 def _eval_interval(vanilla: list[float] | None, myopic: list[float] | None) -> tuple[float, float] | None:
@@ -71,7 +97,7 @@ def _size_row(size: str, group: list[dict[str, Any]]) -> SizeGap:
     arms = set.intersection(*(set(r["per_sequence"]) for r in group))
     lengths = {len(r["per_sequence"][a]) for r in group for a in arms}
     with_bigram = all(r["bigram_loss"] is not None for r in group)
-    return size_gap(
+    row = size_gap(
         size,
         group[0]["n_params_nonembedding"],
         [r["vanilla_loss"] for r in group],
@@ -80,6 +106,13 @@ def _size_row(size: str, group: list[dict[str, Any]]) -> SizeGap:
         # the same held-out set in every pair of the size, else no interval over sequences
         per_sequence={a: [r["per_sequence"][a] for r in group] for a in arms} if len(lengths) == 1 else None,
     )
+    if all("fraction_of_baseline" in r for r in group):
+        shared = set.intersection(*(set(r["fraction_of_baseline"]) for r in group))
+        row.fraction_of_baseline = {
+            arm: {k: float(np.mean([r["fraction_of_baseline"][arm][k] for r in group])) for k in ("all", "past_window")}
+            for arm in sorted(shared)
+        }
+    return row
 
 
 def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
@@ -98,12 +131,16 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
     fit, fit_large = fit_gap(sizes), fit_gap(sizes, min_params=PYTHIA_SIZES["160m"].n_params_nonembedding())
     rows_out = [s.model_dump() for s in sizes]
     previous = sweep.previous_sweep_id
-    if previous:  # a scheduled rerun: did each size's gap move since the previous sweep? (Welch's test)
-        before: dict[str, list[float]] = defaultdict(list)  # that sweep's own pairs only: no walk down the history
+    if previous:  # a scheduled rerun: did each size's gap move since the previous sweep? (gaps paired by seed)
+        before: dict[str, dict[int, float]] = defaultdict(dict)  # that sweep's own pairs only: no walk down the history
         for row in pair_gaps(get_sweep(db, previous)):
-            before[row["size"]].append(row["gap"])
-        for row in rows_out:
-            row.update(drift(before.get(row["size"], []), row["gaps"]).model_dump())
+            before[row["size"]][row["seed"]] = row["gap"]
+        now: dict[str, dict[int, float]] = defaultdict(dict)
+        for row in rows:
+            now[row["size"]][row["seed"]] = row["gap"]
+        tests = drift_across_sizes([drift(before.get(r["size"], {}), now[r["size"]]) for r in rows_out])
+        for row, test in zip(rows_out, tests, strict=True):
+            row.update(test.model_dump())
     return {
         "sweep_id": sweep_id,
         "previous_sweep_id": previous,
@@ -118,8 +155,9 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
 def gap_plot(results: dict[str, Any]) -> bytes:
     """PNG: the gap against non-embedding parameters (mean with 95% interval, each pair, the fit) and the mean
     gap per position for each size."""
-    fig = Figure(figsize=(11, 4))
-    ax1, ax2 = fig.subplots(1, 2)
+    baseline = [r for r in results["pairs"] if r.get("fraction_of_baseline_per_position")]
+    fig = Figure(figsize=(16 if baseline else 11, 4))
+    ax1, ax2, *ax3 = fig.subplots(1, 3 if baseline else 2)
     sizes = results["sizes"]
     for row in results["pairs"]:
         ax1.scatter(row["n_params_nonembedding"], row["gap"], color="grey", s=12, alpha=0.6)
@@ -168,16 +206,29 @@ def gap_plot(results: dict[str, Any]) -> bytes:
     )
     ax1.legend(fontsize=8)
     per_size: dict[str, list[list[float]]] = defaultdict(list)
+    params = {row["size"]: row["n_params_nonembedding"] for row in results["pairs"]}
     for row in results["pairs"]:
         if row["gap_per_position"]:
             per_size[row["size"]].append(row["gap_per_position"])
-    for size, curves in sorted(per_size.items(), key=lambda kv: SIZES[kv[0]].n_params_nonembedding()):
+    for size, curves in sorted(per_size.items(), key=lambda kv: params[kv[0]]):
         n = min(len(c) for c in curves)
         ax2.plot([sum(c[i] for c in curves) / len(curves) for i in range(n)], label=size)
     ax2.axhline(0, color="black", lw=0.5)
     ax2.set(xlabel="position", ylabel="gap", title="gap per position (mean over seeds)")
     if per_size:
         ax2.legend(fontsize=8)
+    if ax3:  # D_p: how far each arm gets below the trivial myopic baseline, per position
+        by: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
+        for row in baseline:
+            for arm, curve in row["fraction_of_baseline_per_position"].items():
+                by[(row["size"], arm)].append(curve)
+        for (size, arm), curves in sorted(by.items()):
+            n = min(len(c) for c in curves)
+            mean = [np.mean([c[i] for c in curves if c[i] is not None] or [np.nan]) for i in range(n)]
+            ax3[0].plot(mean, label=f"{arm} ({size})", ls="-" if arm == "myopic" else "--")
+        ax3[0].axhline(1, color="black", lw=0.5)
+        ax3[0].set(xlabel="position", ylabel="Huber/p ÷ baseline's", title="fraction of the trivial myopic baseline")
+        ax3[0].legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -116,6 +116,11 @@ def _report_pair(client: MlflowClient, pair: Pair, row: dict[str, Any] | None) -
         "log10_n_params_nonembedding": math.log10(n),
         **_interval_metrics("gap_eval_ci95", row["gap_eval_ci95"]),  # over held-out sequences
         **({"bigram_loss": row["bigram_loss"]} if row["bigram_loss"] is not None else {}),
+        **{
+            f"fraction_of_baseline.{arm}.{where}": value
+            for arm, fractions in (row.get("fraction_of_baseline") or {}).items()
+            for where, value in fractions.items()
+        },
     }.items():
         client.log_metric(run_id, key, value)
     if row["gap_per_position"]:
@@ -136,6 +141,9 @@ def _report_sweep(client: MlflowClient, sweep: Sweep, res: dict[str, Any], png: 
             metrics.update(_interval_metrics(f"{key}.{size}", row.get(key)))
         if row.get("share_lost") is not None:
             metrics[f"share_lost.{size}"] = row["share_lost"]
+        for arm, fractions in (row.get("fraction_of_baseline") or {}).items():  # D_p
+            for where, value in fractions.items():
+                metrics[f"fraction_of_baseline.{arm}.{where}.{size}"] = value
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
     for fit in ("fit", "fit_from_160m"):

@@ -53,10 +53,11 @@ def create_sweep(
             )
             s.add(sweep)
             for p in planned:
+                label = next(iter(p.runs.values())).label  # the size, or the shape where overrides change it
                 pair = Pair(
                     id=new_id("pr"),
                     sweep=sweep,
-                    size=p.size,
+                    size=label,
                     seed=p.seed,
                     pair_hash=next(iter(p.runs.values())).pair_hash(),
                 )
@@ -66,7 +67,7 @@ def create_sweep(
                         experiment=f"myopia/{request.name}",
                         tags={"sweep": sweep_id, "pair": pair.id},
                     )
-                    name = f"{sweep_id}-{p.size}-s{p.seed}-{arm}"
+                    name = f"{sweep_id}-{label}-s{p.seed}-{arm}"
                     spec = spec.model_copy(update={"name": name, "tracking": tracking})
                     run = Run(
                         id=name,

@@ -77,24 +77,42 @@ def text_loss(model: torch.nn.Module, batches: Batches, n: int, seq_len: int) ->
     }
 
 
+def trivial_myopic_prediction(inputs: torch.Tensor) -> torch.Tensor:
+    """The baseline a model without pre-caching can reach on D_p: 0 where z = 1 (the window sum needs sines of past
+    inputs that were never computed), x_n where z = 0 (the current input: no past needed)."""
+    x, z = inputs[..., 0], inputs[..., 1]
+    return (1 - z) * x
+
+
 @torch.no_grad()
-def synthetic_loss(model: torch.nn.Module, batches: Batches, n: int, p: float) -> dict:
-    """Held-out Huber (delta 1) and Huber/p: mean, per position and per sequence (Huber/p)."""
-    sums, count, parts = None, torch.zeros(1, dtype=torch.float64), []
+def synthetic_loss(model: torch.nn.Module, batches: Batches, n: int, p: float, lags: int) -> dict:
+    """Held-out Huber (delta 1) and Huber/p: mean, per position and per sequence (Huber/p); and the same for the
+    trivial myopic baseline on the same sequences, with the model's loss as a fraction of it, over all positions
+    and over positions ≥ `lags` (where the whole window exists)."""
+    sums, base_sums, count, parts = None, None, torch.zeros(1, dtype=torch.float64), []
     for idx, (inputs, target) in batches:
         h = F.huber_loss(model(inputs).float(), target, delta=1.0, reduction="none").double()  # (B, T)
+        base = F.huber_loss(trivial_myopic_prediction(inputs.float()), target, delta=1.0, reduction="none").double()
         sums = h.sum(0).cpu() if sums is None else sums + h.sum(0).cpu()
+        base_sums = base.sum(0).cpu() if base_sums is None else base_sums + base.sum(0).cpu()
         count += inputs.shape[0]
         parts.append((idx, h.mean(1).cpu() / p))
-    _all_sum(sums), _all_sum(count)
-    per_position = (sums / count / p).tolist()
-    huber = float(np.mean(per_position)) * p
+    _all_sum(sums), _all_sum(base_sums), _all_sum(count)
+    per_position, baseline = (sums / count / p).numpy(), (base_sums / count / p).numpy()
+    huber = float(per_position.mean()) * p
+    past = slice(min(lags, len(per_position) - 1), None)
     return {
         "loss": huber,
         "huber": huber,
         "huber_over_p": huber / p,
-        "per_position": per_position,
+        "per_position": per_position.tolist(),
         "per_sequence": _per_sequence(n, parts),
+        "huber_over_p_past_window": float(per_position[past].mean()),
+        "baseline_huber_over_p": float(baseline.mean()),
+        "baseline_huber_over_p_past_window": float(baseline[past].mean()),
+        "baseline_per_position": baseline.tolist(),
+        "fraction_of_baseline": float(per_position.mean() / baseline.mean()),
+        "fraction_of_baseline_past_window": float(per_position[past].mean() / baseline[past].mean()),
     }
 
 

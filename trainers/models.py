@@ -107,6 +107,25 @@ def pythia_config(size: str, *, vocab_size: int | None = None, **overrides: Any)
     return config
 
 
+SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+
+
+def shape_label(size: str, **overrides: Any) -> str:
+    """What a run is called in tables, plots, run names and MLflow: the size's name where the model has that size's
+    shape, else the shape itself (`L2-d64`: 2 layers of width 64; `-h`, `-f` where heads or the MLP width differ
+    from what that width implies), so that a Pythia name always means Pythia's shape."""
+    base = pythia_config(size)
+    shape = pythia_config(size, **overrides)
+    if all(getattr(shape, f) == getattr(base, f) for f in SHAPE_FIELDS):
+        return size
+    label = f"L{shape.num_hidden_layers}-d{shape.hidden_size}"
+    if shape.num_attention_heads != pythia_config(size, hidden_size=shape.hidden_size).num_attention_heads:
+        label += f"-h{shape.num_attention_heads}"
+    if shape.intermediate_size != 4 * shape.hidden_size:
+        label += f"-f{shape.intermediate_size}"
+    return label
+
+
 def count_params(size: str, *, vocab_size: int | None = None, **overrides: Any) -> tuple[int, int]:
     """(total, non-embedding) parameter counts, read off a model built on the meta device (nothing allocated)."""
     with torch.device("meta"):

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from trainers.models import SIZES, SizeName, pythia_config
+from trainers.models import SIZES, SizeName, pythia_config, shape_label
 from trainers.myopic import AttentionMode, Variant
 
 
@@ -250,6 +250,12 @@ class RunSpec(Strict):
         if self.train.precision == "fp16" and self.resources.gpus_per_worker == 0:
             raise field_error("train.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0); use fp32 or bf16")
         return self
+
+    @property
+    def label(self) -> str:
+        """The model's name in tables, plots, run names and MLflow: its size, or its shape where overrides change
+        it (`trainers.models.shape_label`)."""
+        return shape_label(self.model.size, **self.model.overrides)
 
     @property
     def grad_accum(self) -> int:

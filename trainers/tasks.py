@@ -138,7 +138,7 @@ class DpTask:
             (mine[i : i + mb], (inputs[mine[i : i + mb]].to(dtype), target[mine[i : i + mb]]))
             for i in range(0, len(mine), mb)
         ]
-        return evaluate.synthetic_loss(model, batches, len(inputs), self.task.p)
+        return evaluate.synthetic_loss(model, batches, len(inputs), self.task.p, self.task.lags)
 
     def analyse(self, weights: dict[str, torch.Tensor]) -> list[dict]:
         """Probe table for trained weights (a whole state dict) next to the untrained control of the same seed."""

@@ -53,6 +53,7 @@ class Tracker:
             "myopia.run": name,
             "myopia.config_hash": spec.config_hash(),
             "myopia.pair_hash": spec.pair_hash(),
+            "myopia.label": spec.label,
             "arm": spec.attention.mode,
             "size": spec.model.size,
             "seed": str(spec.seed),
@@ -65,7 +66,7 @@ class Tracker:
             run = mlflow.start_run(run_id=found[0].info.run_id, log_system_metrics=True)
         else:
             run = mlflow.start_run(run_name=name, tags=tags, log_system_metrics=True)
-            mlflow.log_params({**flat_params(spec), "config_hash": spec.config_hash()})
+            mlflow.log_params({**flat_params(spec), "config_hash": spec.config_hash(), "label": spec.label})
         mlflow.set_tags(tags)
         self.run_id = run.info.run_id
 

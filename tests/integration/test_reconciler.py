@@ -94,6 +94,9 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     assert sorted(ids) == sorted(f"{r['id']}-a0" for r in done["runs"])  # one job per run: nothing twice
     assert results["sizes"][0]["n_params_nonembedding"] == 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64  # the overrides
     (size,), (pair,) = results["sizes"], results["pairs"]
+    # "14m" with every dimension overridden is not Pythia-14m: it is named by its shape, in the runs' names too
+    assert size["size"] == pair["size"] == "L2-d64-h2"
+    assert all(r["id"].startswith(f"{sweep_id}-L2-d64-h2-s0-") and r["size"] == "L2-d64-h2" for r in done["runs"])
     assert size["n_pairs"] == 1 and pair["gap"] == pytest.approx(pair["myopic_loss"] - pair["vanilla_loss"])
     # one pair: no interval over seeds, one over the 32 held-out sequences, centred on the gap (to the rounding)
     lo, hi = pair["gap_eval_ci95"]
@@ -101,6 +104,11 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     assert (lo + hi) / 2 == pytest.approx(pair["gap"], abs=1e-5)
     benefit = pair["bigram_loss"] - pair["vanilla_loss"]  # (12 steps: the past may not help yet)
     assert size["share_lost"] == (pytest.approx(pair["gap"] / benefit) if benefit > 0 else None)
+    # D_p: every arm against the trivial myopic baseline, computed in evaluation on the same held-out sequences
+    fractions = size["fraction_of_baseline"]
+    assert set(fractions) == {"vanilla", "myopic", "bigram"}
+    assert fractions == pair["fraction_of_baseline"] and all(f["past_window"] > 0 for f in fractions.values())
+    assert len(pair["fraction_of_baseline_per_position"]["myopic"]) == 64
     check_mlflow(results)
 
 
@@ -130,11 +138,16 @@ def check_mlflow(results: dict) -> None:
     assert pair_run.data.metrics["gap"] == pytest.approx(row["gap"])
     assert pair_run.data.metrics["n_params_nonembedding"] == row["n_params_nonembedding"]
     assert pair_run.data.metrics["bigram_loss"] == pytest.approx(row["bigram_loss"])
+    for arm, fractions in row["fraction_of_baseline"].items():
+        assert pair_run.data.metrics[f"fraction_of_baseline.{arm}.past_window"] == pytest.approx(
+            fractions["past_window"]
+        )
     assert [pair_run.data.metrics[f"gap_eval_ci95_{end}"] for end in ("low", "high")] == pytest.approx(
         row["gap_eval_ci95"]
     )
     share = results["sizes"][0]["share_lost"]
-    assert sweep_run.data.metrics.get("share_lost.14m") == (pytest.approx(share) if share is not None else None)
+    logged = sweep_run.data.metrics.get("share_lost.L2-d64-h2")
+    assert logged == (pytest.approx(share) if share is not None else None)
     arms = client.search_runs([links["experiment_id"]], f"tags.mlflow.parentRunId = '{pair_run.info.run_id}'")
     assert sorted(r.data.tags["arm"] for r in arms) == ["bigram", "myopic", "vanilla"]
     assert all(r.info.status == "FINISHED" for r in arms)

@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 from transformers import GPTNeoXForCausalLM
 
 from tests.oracle import tiny_config
-from trainers.models import PYTHIA_SIZES, build_model, count_params, load_model, pythia_config
+from trainers.models import PYTHIA_SIZES, build_model, count_params, load_model, pythia_config, shape_label
 from trainers.myopic import MyopicGPTNeoXAttention, attention_settings, set_attention
+from trainers.spec import RunSpec
 
 # (total, non-embedding) parameters of the Hugging Face Pythia checkpoints, as their configs give them
 PYTHIA_COUNTS = {
@@ -176,3 +177,14 @@ def test_loads_into_plain_transformers(tmp_path):
     ids = torch.randint(0, 48, (2, 7))
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, model(ids).logits, atol=1e-6)
+
+
+def test_a_model_is_named_by_its_shape_unless_it_has_its_sizes():
+    """A Pythia name means Pythia's shape: "14m" with its dimensions overridden is labelled by what it is."""
+    assert shape_label("14m") == "14m" and shape_label("0.1m") == "0.1m"
+    assert shape_label("14m", num_hidden_layers=6, hidden_act="relu") == "14m"  # the same shape, another activation
+    assert shape_label("14m", num_hidden_layers=2, hidden_size=64) == "L2-d64"
+    assert shape_label("14m", num_hidden_layers=2, hidden_size=64, num_attention_heads=2) == "L2-d64-h2"
+    assert shape_label("160m", intermediate_size=1000) == "L12-d768-f1000"
+    spec = RunSpec.model_validate({"model": {"size": "14m", "overrides": {"num_hidden_layers": 2, "hidden_size": 64}}})
+    assert spec.label == "L2-d64" and RunSpec().label == "14m"
