@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install postgres demo test test-fast lint format bench gpu-check gpu-wheelhouse locks up down clean
+.PHONY: install postgres demo test test-fast lint format bench docs-figures gpu-check gpu-wheelhouse locks up down clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ format: install
 
 bench: install
 	$(BIN)/python bench/myopic_attention.py
+
+# The docs' measured tables as rendered from docs/figures/*.json (tests/unit/test_docs_figures.py checks the docs).
+docs-figures: install
+	$(BIN)/python bench/docs_tables.py
 
 # Every GPU check in one command, on a GPU machine without network, with the torch that machine has (2.11 or the
 # locked 2.13): the wheels of `make gpu-wheelhouse` unpacked onto PYTHONPATH, then bench/gpu_check.py (the

@@ -1,6 +1,10 @@
 """A finished sweep's results as the markdown tables of docs/results.md, and its plot, from the REST API.
 
-    python bench/sweep_report.py SWEEP_ID --png docs/figures/cpu_ladder.png   # MYOPIA_API_URL, MYOPIA_API_TOKEN
+    python bench/sweep_report.py SWEEP_ID --png docs/figures/cpu_ladder.png --json docs/figures/cpu_ladder.json
+    (MYOPIA_API_URL, MYOPIA_API_TOKEN)
+
+--json writes the results document as the API returns it (per size, the fits, every pair with its gap per
+position), with the sweep's request and the command: the raw numbers behind the tables.
 
 Per size: the losses, the gap with its interval over seeds and over held-out sequences, and (with a bigram arm) the
 share of the context benefit lost; then the gap by position band, mean over seeds with its interval over seeds.
@@ -9,6 +13,7 @@ share of the context benefit lost; then the gap by position band, mean over seed
 from __future__ import annotations
 
 import argparse
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep_id")
     ap.add_argument("--png", help="write the sweep's plot here")
+    ap.add_argument("--json", help="write the results document here")
     args = ap.parse_args()
     api = Api.from_env()
     res = api.call("GET", f"/v1/sweeps/{args.sweep_id}/results").json()
@@ -71,6 +77,12 @@ def main() -> None:
     if args.png:
         Path(args.png).write_bytes(api.call("GET", f"/v1/sweeps/{args.sweep_id}/results.png").content)
         print(f"\nplot: {args.png}")
+    if args.json:
+        sweep = api.call("GET", f"/v1/sweeps/{args.sweep_id}").json()
+        command = f"python bench/sweep_report.py {args.sweep_id} --json {args.json}"
+        doc = {"command": command, "request": sweep["request"], "created_at": sweep["created_at"], "results": res}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+        print(f"results: {args.json}")
 
 
 if __name__ == "__main__":

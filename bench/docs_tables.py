@@ -1,0 +1,66 @@
+"""The docs' tables and figures rendered from the JSON files under docs/figures/ that the bench commands wrote, so
+that a test (tests/unit/test_docs_figures.py) can check the docs against them, and `make docs-figures` can print
+them for pasting.
+
+    python bench/docs_tables.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "docs" / "figures"
+
+
+def load(name: str) -> dict | list:
+    return json.loads((FIGURES / name).read_text())
+
+
+def bench_cpu() -> list[str]:
+    """docs/performance.md, CPU: the layer table (three repeats side by side) and the step ratios."""
+    runs = load("bench_cpu.json")
+    lines = []
+    for T in (64, 512, 2048):
+        for mode in ("myopic", "paper-style"):
+            rows = [next(r for r in run["layer"] if r["T"] == T and r["mode"] == mode) for run in runs]
+            times = ", ".join(f"{r['time_vs_vanilla']:.3f}" for r in rows)
+            mib = rows[0]["memory_bytes"] / 2**20
+            lines.append(f"| {T} | {mode} | {times} | {mib:.1f} MiB | {rows[0]['memory_vs_vanilla']:.3f} |")
+    ratios = ", ".join(f"{run['step_myopic_vs_vanilla']:.3f}" for run in runs)
+    lines.append(f"**myopic / vanilla = {ratios}**")
+    return lines
+
+
+def dp_baseline() -> list[str]:
+    """docs/science.md: the trivial myopic baseline's levels, and predicting zero's, at several p."""
+    rows = {r["p"]: r for r in load("dp_baseline.json")["rows"]}
+    levels = "; ".join(
+        f"p = {p:g}: {rows[p]['baseline_all']:.3f} / {rows[p]['baseline_past_window']:.3f}" for p in (1.0, 0.3, 0.1)
+    )
+    zero = f"{rows[0.3]['predict_zero_all']:.3f} at p = 0.3 and {rows[0.1]['predict_zero_all']:.3f} at p = 0.1"
+    return [levels, zero]
+
+
+def interval_coverage() -> list[str]:
+    """docs/science.md: coverage of 95% held-out intervals on AR(1) series, by method."""
+    doc = load("interval_coverage.json")
+    lines = []
+    for r in doc["rows"]:
+        c = r["coverage"]
+        cells = f"{c['fixed16']:.3f} | **{c['chosen']:.3f}** | {c['stationary_bootstrap']:.3f}"
+        lines.append(f"| {r['phi']} | {r['n']:,} | {cells} |")
+    return lines
+
+
+RENDERERS = {
+    "docs/performance.md": bench_cpu,
+    "docs/science.md": lambda: dp_baseline() + interval_coverage(),
+}
+
+
+if __name__ == "__main__":
+    for doc, render in RENDERERS.items():
+        print(f"## {doc}")
+        print("\n".join(render()), end="\n\n")
