@@ -142,7 +142,7 @@ def test_the_api_stores_the_plan_the_cli_prints(tmp_path, monkeypatch, preset, p
     planned = [RunSpec.model_validate(r) for r in json.loads(printed.output)["runs"]]
     assert len(stored) == len(planned) == {"pythia-paper": 16, "synthetic-paper": 6}[preset]
     assert {(r["size"], r["seed"], r["arm"]): r["config_hash"] for r in stored} == {
-        (r.model.size, r.seed, r.attention.mode): r.config_hash() for r in planned
+        (r.label, r.seed, r.attention.mode): r.config_hash() for r in planned
     }
 
 

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from scipy import stats
 
 from services import scheduler
-from services.gap_stats import Drift, drift
 from services.results import sweep_results
 from services.store import Run, Sweep, connect
 from services.sweeps import list_sweeps
@@ -77,20 +76,21 @@ def finish(db, sweep_id: str, gaps: list[float]) -> None:
         s.get(Sweep, sweep_id).status = "succeeded"
 
 
-def test_drift_is_a_welch_test_against_the_previous_sweep(db):
+def test_drift_is_a_paired_test_against_the_previous_sweep(db):
+    """A rerun reuses its seeds: its gaps are compared seed by seed with the previous sweep's (Holm across sizes)."""
     add(db)
     (first,) = scheduler.tick(db, T0)
     finish(db, first, [0.10, 0.12])
     (second,) = scheduler.tick(db, T0 + timedelta(hours=1))
-    finish(db, second, [0.40, 0.42])
+    finish(db, second, [0.40, 0.41])
     res = sweep_results(db, second)["sizes"][0]
-    welch = stats.ttest_ind([0.40, 0.42], [0.10, 0.12], equal_var=False).pvalue
+    paired = stats.ttest_rel([0.40, 0.41], [0.10, 0.12]).pvalue
     assert sweep_results(db, second)["previous_sweep_id"] == first
-    assert (res["test"], res["drift"], res["p_value"]) == ("welch", True, pytest.approx(welch))
+    assert (res["test"], res["drift"], res["p_value"]) == ("paired t", True, pytest.approx(paired))
+    assert res["p_holm"] == pytest.approx(paired)  # one size: nothing to adjust for
     (third,) = scheduler.tick(db, T0 + timedelta(hours=2))
     finish(db, third, [0.41, 0.44])
     assert sweep_results(db, third)["sizes"][0]["drift"] is False
-    assert drift([0.1], [0.2, 0.3]) == Drift(test="cannot test: n < 2 (previous 1, now 2)", p_value=None, drift=None)
 
 
 def test_a_failing_schedule_does_not_stop_the_others(db):
