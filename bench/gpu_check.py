@@ -36,7 +36,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]  # run from anywhere: the projec
 import torch  # noqa: E402
 from myopic_attention import interleaved  # noqa: E402
 
-from tests.oracle import PRECISIONS, floor_errors, last_position_input_grad, tiny_config  # noqa: E402
+from tests.oracle import (  # noqa: E402
+    PRECISIONS,
+    floor_errors,
+    last_position_input_grad,
+    perturbed_model,
+    tiny_config,
+)
 from trainers.models import build_model  # noqa: E402
 from trainers.myopic import set_attention  # noqa: E402
 from trainers.speedups import fuse_loss  # noqa: E402
@@ -92,7 +98,7 @@ def cuda_tests(smoke: bool) -> dict:
 def exactness(smoke: bool, device: str) -> list[dict]:
     """Fused myopic gradients in every precision against float64, judged against the dtype's floor: the error of
     vanilla SDPA and of the paper-style reference in the same precision (tests.oracle.floor_errors)."""
-    configs = {"tiny-hd16": (tiny_config(), 2, 9)}
+    configs: dict[str, tuple[dict, int, int]] = {"tiny-hd16": ({}, 2, 9)}  # overrides of tests.oracle.tiny_config
     if not smoke:
         configs["hd64-T200"] = (
             dict(vocab_size=128, num_hidden_layers=2, hidden_size=256, num_attention_heads=4),
@@ -103,12 +109,8 @@ def exactness(smoke: bool, device: str) -> list[dict]:
     rows = []
     print("| config | mask | variant | beta | precision | e_myopic | e_vanilla | e_reference | ratio | ok |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for cname, (cfg, B, T) in configs.items():
-        torch.manual_seed(0)
-        m64 = build_model("14m", dtype=torch.float64, **cfg)
-        with torch.no_grad():
-            for p in m64.parameters():
-                p.add_(0.05 * torch.randn_like(p))
+    for cname, (over, B, T) in configs.items():
+        m64, cfg = perturbed_model(**over), tiny_config(**over)
         ids = torch.randint(0, cfg["vocab_size"], (B, T), generator=torch.Generator().manual_seed(1))
         pad = torch.ones(B, T, dtype=torch.long)
         pad[0, : T // 3] = 0

@@ -19,6 +19,19 @@ def tiny_config(**overrides: object) -> dict[str, object]:
     return cfg
 
 
+def perturbed_model(**overrides: object) -> GPTNeoXForCausalLM:
+    """A float64 tiny model (seed 0) whose weights are moved off the init: a trained model has larger, less symmetric
+    weights, and the tests' gradients should be non-trivial."""
+    from trainers.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("14m", dtype=torch.float64, **tiny_config(**overrides))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
 def lm_loss(model: GPTNeoXForCausalLM, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over all B·(T−1) predictions (what `labels=` computes without padding)."""
     logits = model(ids, attention_mask=attention_mask, use_cache=False).logits

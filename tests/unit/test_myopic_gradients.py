@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.oracle import brute_force_grads, grads, lm_loss, max_abs_diff, tiny_config
+from tests.oracle import brute_force_grads, grads, lm_loss, max_abs_diff, perturbed_model, tiny_config
 from trainers.models import build_model
 from trainers.myopic import set_attention
 
@@ -16,13 +16,7 @@ BETAS = [0.25, 0.5, 0.9]
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = build_model("14m", dtype=torch.float64, **tiny_config())
-    # A trained model has larger, less symmetric weights than the init; make the test's gradients non-trivial.
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
+    return perturbed_model()
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from tests.oracle import (
     grads,
     last_position_input_grad,
     lm_loss,
+    perturbed_model,
     tiny_config,
 )
 from trainers.models import build_model
@@ -28,12 +29,7 @@ CUDA = torch.cuda.is_available()
 
 @pytest.fixture(scope="module")
 def m64():
-    torch.manual_seed(0)
-    m = build_model("14m", dtype=torch.float64, **tiny_config())
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
+    return perturbed_model()
 
 
 @pytest.fixture(scope="module")
