@@ -29,20 +29,13 @@ def _ci(ci: list[float] | None) -> str:
     return "—" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("sweep_id")
-    ap.add_argument("--png", help="write the sweep's plot here")
-    ap.add_argument("--json", help="write the results document here")
-    args = ap.parse_args()
-    api = Api.from_env()
-    res = api.call("GET", f"/v1/sweeps/{args.sweep_id}/results").json()
+def size_table(res: dict) -> list[str]:
+    """Per size: the losses, the gap with both intervals, the share lost (with a bigram arm); then the fits."""
     bigram = any(s.get("bigram_loss_mean") is not None for s in res["sizes"])
     head = ["size", "non-embedding params", "seeds", "vanilla", "myopic", *(["bigram"] if bigram else []), "gap"]
     head += ["95% CI over seeds", "95% CI over held-out sequences"]
     head += ["share of context benefit lost"] if bigram else []
-    print("| " + " | ".join(head) + " |")
-    print("|---" * len(head) + "|")
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for s in res["sizes"]:
         row = [s["size"], f"{s['n_params_nonembedding']:,}", str(s["n_pairs"]), f"{s['vanilla_loss_mean']:.4f}"]
         row += [f"{s['myopic_loss_mean']:.4f}"] + ([f"{s['bigram_loss_mean']:.4f}"] if bigram else [])
@@ -52,28 +45,72 @@ def main() -> None:
             seeds, seqs = s.get("share_lost_ci95"), s.get("share_lost_eval_ci95")
             ci = f"{_ci(seeds)} (seeds)" if seeds else f"{_ci(seqs)} (held-out seqs)" if seqs else ""
             row.append("—" if share is None else f"{share:.3f} {ci}")
-        print("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def fit_lines(res: dict) -> list[str]:
+    lines = []
     for key, what in (("fit", "all sizes"), ("fit_from_160m", "from 160m")):
         f = res.get(key)
         if f:
             lo, hi = f["slope_ci95"]
-            print(f"\nfit over {what}: {f['slope']:+.4f} per decade of non-embedding parameters, 95% CI "
-                  f"[{lo:+.4f}, {hi:+.4f}] ({'weighted by SE over seeds' if f['weighted'] else 'unweighted'}), "
-                  f"R² {f['r_squared']:.3f}")  # fmt: skip
+            lines.append(
+                f"fit over {what}: {f['slope']:+.4f} per decade of non-embedding parameters, 95% CI "
+                f"[{lo:+.4f}, {hi:+.4f}] ({'weighted by SE over seeds' if f['weighted'] else 'unweighted'}), "
+                f"R² {f['r_squared']:.3f}"
+            )
+    return lines
+
+
+def pair_table(res: dict) -> list[str]:
+    """Per size and seed: vanilla → myopic, gap [95% CI over held-out sequences]."""
+    seeds = sorted({p["seed"] for p in res["pairs"]})
+    lines = ["| size | " + " | ".join(f"seed {k}" for k in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    for size in [s["size"] for s in res["sizes"]]:
+        by_seed = {p["seed"]: p for p in res["pairs"] if p["size"] == size}
+        cells = [
+            f"{p['vanilla_loss']:.4f} → {p['myopic_loss']:.4f}, {p['gap']:+.4f} {_ci(p['gap_eval_ci95'])}"
+            if (p := by_seed.get(k))
+            else "—"
+            for k in seeds
+        ]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def band_table(res: dict) -> list[str]:
+    """The gap by position band, mean over seeds with its 95% interval over seeds."""
     curves: dict[str, list[list[float]]] = defaultdict(list)
     for pair in res["pairs"]:
         curves[pair["size"]].append(pair["gap_per_position"])
-    print("\ngap by position (mean over seeds; 95% CI over seeds)\n")
     names = [f"position {a}" if b == a + 1 else f"{a}–{(b or 0) - 1}" if b else f"{a}–end" for a, b in BANDS]
-    print("| size | " + " | ".join(n if n.startswith("position ") else f"positions {n}" for n in names) + " |")
-    print("|---" * (len(BANDS) + 1) + "|")
+    lines = ["| size | " + " | ".join(n if n.startswith("position ") else f"positions {n}" for n in names) + " |"]
+    lines.append("|---" * (len(BANDS) + 1) + "|")
     for size in [s["size"] for s in res["sizes"]]:
         cells = []
         for a, b in BANDS:
             per_seed = [float(np.mean(c[a:b])) for c in curves[size]]
             mean, _, ci = mean_interval(per_seed)
             cells.append(f"{mean:+.4f} {_ci(ci)}")
-        print(f"| {size} | " + " | ".join(cells) + " |")
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sweep_id")
+    ap.add_argument("--png", help="write the sweep's plot here")
+    ap.add_argument("--json", help="write the results document here")
+    args = ap.parse_args()
+    api = Api.from_env()
+    res = api.call("GET", f"/v1/sweeps/{args.sweep_id}/results").json()
+    print("\n".join(size_table(res)))
+    print("\n" + "\n".join(fit_lines(res)))
+    print("\nper pair (seed: vanilla → myopic, gap [95% CI over held-out sequences])\n")
+    print("\n".join(pair_table(res)))
+    print("\ngap by position (mean over seeds; 95% CI over seeds)\n")
+    print("\n".join(band_table(res)))
     if args.png:
         Path(args.png).write_bytes(api.call("GET", f"/v1/sweeps/{args.sweep_id}/results.png").content)
         print(f"\nplot: {args.png}")
