@@ -96,7 +96,8 @@ def results_table(res: dict[str, Any]) -> Table:
             share = s.get("share_lost")
             ci = s.get("share_lost_ci95") or s.get("share_lost_eval_ci95")
             which = "seeds" if s.get("share_lost_ci95") else "held-out"
-            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}] ({which})" if ci else " (no bounded interval)"
+            unbounded = " (no bounded interval)" if s.get("share_lost_note") else ""
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}] ({which})" if ci else unbounded
             row.append("-" if share is None else f"{share:.3f}{interval}")
         if dp:
             f = s.get("fraction_of_baseline") or {}

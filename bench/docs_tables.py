@@ -54,9 +54,19 @@ def interval_coverage() -> list[str]:
     return lines
 
 
+def cpu_ladder() -> list[str]:
+    """docs/results.md: the cpu-ladder's tables, as bench/sweep_report.py prints them from the sweep's results."""
+    import sweep_report  # bench/ is on sys.path: this file's own folder
+
+    res = load("cpu_ladder.json")["results"]
+    tables = (sweep_report.size_table, sweep_report.fit_lines, sweep_report.pair_table, sweep_report.band_table)
+    return [line for table in tables for line in table(res)]
+
+
 RENDERERS = {
     "docs/performance.md": bench_cpu,
     "docs/science.md": lambda: dp_baseline() + interval_coverage(),
+    "docs/results.md": cpu_ladder,
 }
 
 

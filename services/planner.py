@@ -197,6 +197,13 @@ def plan(request: SweepRequest, *, profile: str = "cpu", allowed_roots: list[Pat
             arms = {mode: base.arm(mode) for mode in ("vanilla", "myopic", "bigram")}
             check_matched(*arms.values())
             pairs.append(PlannedPair(size, seed, {arm: arms[arm] for arm in request.arms}))
+    labels: dict[str, str] = {}
+    for pair in pairs:  # two sizes that the overrides turn into one model would be one row, and one run name
+        label = next(iter(pair.runs.values())).label
+        if labels.setdefault(label, pair.size) != pair.size:
+            raise InvalidRequest(
+                [("sizes", f"{labels[label]} and {pair.size} are the same model ({label}) with run.model.overrides")]
+            )
     return pairs
 
 

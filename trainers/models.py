@@ -112,18 +112,21 @@ SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "inte
 
 def shape_label(size: str, **overrides: Any) -> str:
     """What a run is called in tables, plots, run names and MLflow: the size's name where the model has that size's
-    shape, else the shape itself (`L2-d64`: 2 layers of width 64; `-h`, `-f` where heads or the MLP width differ
-    from what that width implies), so that a Pythia name always means Pythia's shape."""
-    base = pythia_config(size)
-    shape = pythia_config(size, **overrides)
-    if all(getattr(shape, f) == getattr(base, f) for f in SHAPE_FIELDS):
+    shape; where overrides change it, the name of the zoo size with that shape if there is one, else the shape
+    itself (`L2-d64-h4`: 2 layers of width 64 with 4 heads; `-f…` where the MLP is not 4 × the width). A Pythia
+    name always means Pythia's shape, and one shape has one name."""
+
+    def shape(config: GPTNeoXConfig) -> tuple[int, ...]:
+        return tuple(getattr(config, f) for f in SHAPE_FIELDS)
+
+    mine = shape(pythia_config(size, **overrides))
+    if mine == shape(pythia_config(size)):
         return size
-    label = f"L{shape.num_hidden_layers}-d{shape.hidden_size}"
-    if shape.num_attention_heads != pythia_config(size, hidden_size=shape.hidden_size).num_attention_heads:
-        label += f"-h{shape.num_attention_heads}"
-    if shape.intermediate_size != 4 * shape.hidden_size:
-        label += f"-f{shape.intermediate_size}"
-    return label
+    named = next((name for name in SIZES if shape(pythia_config(name)) == mine), None)
+    if named:
+        return named
+    layers, hidden, heads, ffn = mine
+    return f"L{layers}-d{hidden}-h{heads}" + (f"-f{ffn}" if ffn != 4 * hidden else "")
 
 
 def count_params(size: str, *, vocab_size: int | None = None, **overrides: Any) -> tuple[int, int]:

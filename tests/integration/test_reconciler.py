@@ -94,9 +94,10 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     assert sorted(ids) == sorted(f"{r['id']}-a0" for r in done["runs"])  # one job per run: nothing twice
     assert results["sizes"][0]["n_params_nonembedding"] == 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64  # the overrides
     (size,), (pair,) = results["sizes"], results["pairs"]
-    # "14m" with every dimension overridden is not Pythia-14m: it is named by its shape, in the runs' names too
-    assert size["size"] == pair["size"] == "L2-d64-h2"
-    assert all(r["id"].startswith(f"{sweep_id}-L2-d64-h2-s0-") and r["size"] == "L2-d64-h2" for r in done["runs"])
+    # "14m" with every dimension overridden is not Pythia-14m: it is named by its shape (the zoo's 0.1m shape), in
+    # the runs' names too
+    assert size["size"] == pair["size"] == "0.1m"
+    assert all(r["id"].startswith(f"{sweep_id}-0.1m-s0-") and r["size"] == "0.1m" for r in done["runs"])
     assert size["n_pairs"] == 1 and pair["gap"] == pytest.approx(pair["myopic_loss"] - pair["vanilla_loss"])
     # one pair: no interval over seeds, one over the 32 held-out sequences, centred on the gap (to the rounding)
     lo, hi = pair["gap_eval_ci95"]
@@ -146,7 +147,7 @@ def check_mlflow(results: dict) -> None:
         row["gap_eval_ci95"]
     )
     share = results["sizes"][0]["share_lost"]
-    logged = sweep_run.data.metrics.get("share_lost.L2-d64-h2")
+    logged = sweep_run.data.metrics.get("share_lost.0.1m")
     assert logged == (pytest.approx(share) if share is not None else None)
     arms = client.search_runs([links["experiment_id"]], f"tags.mlflow.parentRunId = '{pair_run.info.run_id}'")
     assert sorted(r.data.tags["arm"] for r in arms) == ["bigram", "myopic", "vanilla"]

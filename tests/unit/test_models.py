@@ -180,11 +180,13 @@ def test_loads_into_plain_transformers(tmp_path):
 
 
 def test_a_model_is_named_by_its_shape_unless_it_has_its_sizes():
-    """A Pythia name means Pythia's shape: "14m" with its dimensions overridden is labelled by what it is."""
+    """A Pythia name means Pythia's shape: "14m" with its dimensions overridden is labelled by what it is, a zoo
+    name where one has that shape, and one shape has one name whichever size it was reached from."""
     assert shape_label("14m") == "14m" and shape_label("0.1m") == "0.1m"
     assert shape_label("14m", num_hidden_layers=6, hidden_act="relu") == "14m"  # the same shape, another activation
-    assert shape_label("14m", num_hidden_layers=2, hidden_size=64) == "L2-d64"
-    assert shape_label("14m", num_hidden_layers=2, hidden_size=64, num_attention_heads=2) == "L2-d64-h2"
-    assert shape_label("160m", intermediate_size=1000) == "L12-d768-f1000"
+    assert shape_label("14m", num_hidden_layers=2, hidden_size=64, num_attention_heads=2) == "0.1m"  # the zoo's
+    assert shape_label("14m", num_hidden_layers=2, hidden_size=64) == "L2-d64-h4"
+    assert shape_label("70m", num_hidden_layers=2, hidden_size=64) == "L2-d64-h8"  # heads differ: names differ
+    assert shape_label("160m", intermediate_size=1000) == "L12-d768-h12-f1000"
     spec = RunSpec.model_validate({"model": {"size": "14m", "overrides": {"num_hidden_layers": 2, "hidden_size": 64}}})
-    assert spec.label == "L2-d64" and RunSpec().label == "14m"
+    assert spec.label == "L2-d64-h4" and RunSpec().label == "14m"

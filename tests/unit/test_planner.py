@@ -188,3 +188,12 @@ def test_every_preset_plans(name):
         for pair in plan(SweepRequest.model_validate({"preset": name}), profile=PRESETS[name].profile or "cpu")
     ):
         assert s.grad_accum >= 1 and s.optimizer.lr is not None
+
+
+def test_two_sizes_that_the_overrides_make_one_model_are_refused():
+    """14m and 31m both become 2 layers of width 64 with 4 heads: one label, one run name, one results row."""
+    shape = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4}
+    body = {"name": "x", "sizes": ["14m", "31m"], "seeds": [0], "run": {"model": {"overrides": shape}}}
+    with pytest.raises(InvalidRequest) as e:
+        plan(SweepRequest.model_validate(body))
+    assert e.value.errors[0][0] == "sizes" and "L2-d64-h4" in e.value.errors[0][1]
