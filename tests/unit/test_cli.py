@@ -48,3 +48,25 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_token(monkeypatch, tm
     result = invoke("serve", "--host", "0.0.0.0")
     assert result.exit_code == 1 and "refusing to serve on 0.0.0.0 without a token" in result.output
     assert "MYOPIA_API_TOKEN" in result.output and not list(tmp_path.iterdir())  # nothing started
+
+
+def test_results_table_shows_the_baseline_fractions_the_drift_test_and_an_unbounded_share():
+    from rich.console import Console
+
+    from api.client_cli import results_table
+
+    size = {
+        "size": "0.1m", "n_params_nonembedding": 100_096, "n_pairs": 2, "vanilla_loss_mean": 0.04,
+        "myopic_loss_mean": 1.25, "bigram_loss_mean": 1.3, "gap_mean": 1.21, "gap_ci95": [1.1, 1.3],
+        "gap_eval_ci95": [1.2, 1.22], "share_lost": 0.96, "share_lost_ci95": None, "share_lost_eval_ci95": None,
+        "share_lost_note": "over seeds: bigram − vanilla not significantly different from zero",
+        "fraction_of_baseline": {"vanilla": {"all": 0.03, "past_window": 0.022}, "myopic": {"all": 1.0,
+                                 "past_window": 0.988}},
+        "test": "paired t", "p_value": 0.01, "p_holm": 0.03, "drift": True,
+    }  # fmt: skip
+    console = Console(width=400, record=True)
+    console.print(results_table({"sizes": [size]}))
+    text = console.export_text()
+    assert "vanilla 0.022, myopic 0.988" in text and "÷ baseline" in text
+    assert "yes, paired t, p = 0.03" in text and "Holm" in text
+    assert "0.960 (no bounded interval)" in text
