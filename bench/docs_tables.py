@@ -63,10 +63,31 @@ def cpu_ladder() -> list[str]:
     return [line for table in tables for line in table(res)]
 
 
+def demo() -> list[str]:
+    """docs/results.md: the demo's two sweeps, from the JSON `make demo` wrote (`--json-out`, copied here)."""
+    doc = load("demo.json")
+    dp = doc["demo-synthetic"]["results"]["sizes"][0]
+    frac = dp["fraction_of_baseline"]
+    lo, hi = dp["gap_eval_ci95"]
+    lines = [
+        f"| vanilla | {dp['vanilla_loss_mean']:.3f} | {frac['vanilla']['past_window']:.3f} |",
+        f"| myopic (`hidden`) | {dp['myopic_loss_mean']:.3f} | {frac['myopic']['past_window']:.3f} |",
+        f"| gap | **{dp['gap_mean']:+.3f}** [{lo:+.3f}, {hi:+.3f}] over the 1,024 held-out sequences | |",
+    ]
+    t = doc["demo"]["results"]["sizes"][0]
+    (lo, hi), (slo, shi) = t["gap_eval_ci95"], t["share_lost_eval_ci95"]
+    lines.append(
+        f"| {t['size']} ({t['n_params_nonembedding']:,} non-embedding params) | {t['vanilla_loss_mean']:.4f} | "
+        f"{t['myopic_loss_mean']:.4f} | {t['bigram_loss_mean']:.4f} | **{t['gap_mean']:+.4f}** [{lo:+.4f}, {hi:+.4f}] "
+        f"| **{t['share_lost']:.3f}** [{slo:.3f}, {shi:.3f}] |"
+    )
+    return lines
+
+
 RENDERERS = {
     "docs/performance.md": bench_cpu,
     "docs/science.md": lambda: dp_baseline() + interval_coverage(),
-    "docs/results.md": cpu_ladder,
+    "docs/results.md": lambda: cpu_ladder() + demo(),
 }
 
 

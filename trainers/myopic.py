@@ -4,8 +4,9 @@ See docs/science.md. For the loss at query i, every attention layer sees the pos
 carry no gradient back into them: the attention input x_j (variant `hidden`, the paper's) or the keys and values
 k_j, v_j (variant `kv`). `beta` scales the gradient through every edge from a query to an earlier position.
 
-The fused implementation runs one fused attention forward and backward (the kernels vanilla SDPA uses) and adds the
-O(T·d) diagonal terms, with p_ii = exp(s_ii - lse_i) from the kernel's log-sum-exp:
+The fused implementation is one registered op, `myopia::attention` (torch.compile sees one node with its own backward).
+It runs one fused attention forward and backward (flash or memory-efficient on CUDA, the CPU flash kernel on CPU)
+and adds the O(T·d) diagonal terms, with p_ii = exp(s_ii - lse_i) from the kernel's log-sum-exp:
 
     dK_diag_i = scale · p_ii · (dO_i·v_i − D_i) · q_i,   dV_diag_i = p_ii · dO_i,   D_i = dO_i·O_i
 
