@@ -221,7 +221,8 @@ def test_a_failed_attempt_is_retried_and_resumes_from_its_checkpoint(head, tmp_p
     assert [e.status for e in run.events][:3] == ["queued", "submitted", "running"]
     assert any(e.status == "queued" and e.message.startswith("retry") for e in run.events)
     assert run.result["steps"] == 400 and run.result["name"] == run.id
-    assert run.result["resumed_from"] in (100, 200)  # not from scratch
+    # from a checkpoint, not from scratch (the stop lands a checkpoint or two after step 250 on a loaded machine)
+    assert run.result["resumed_from"] in (100, 200, 300)
     check_logs(head, db, run.id)
 
 
