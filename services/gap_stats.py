@@ -8,12 +8,12 @@ Two intervals, for two sources of variance, each labelled where it is shown:
   Neighbouring sequences come from the same documents and are correlated, so the interval is over the means of
   blocks of consecutive sequences (batch means), not over sequences as if independent. The block length is chosen
   from the series: twice arch's Politis–White estimate of its optimal block length (a fixed 16 undercovers when the
-  correlation is long; the stationary bootstrap itself undercovers at these lengths: tests/unit/test_gap_stats.py
+  correlation is long; the stationary bootstrap itself undercovers at these lengths: bench/interval_coverage.py
   measures all three). It says how well the evaluation set pins this model's gap down, not how a retrained model
   would land.
 With a bigram arm (each position sees only itself): the share of the context benefit that myopia loses,
 (myopic − vanilla) / (bigram − vanilla), with the same two intervals by Fieller's method: none (and said so) where
-the denominator, bigram − vanilla, is not significantly above zero.
+the denominator, bigram − vanilla, is not significantly different from zero.
 - Across sizes: a least-squares line of the gap against log10(non-embedding parameters), weighted by each size's
   standard error where every size has one (else unweighted, and said so), with a 95% t-interval on the slope.
 - Between a scheduled sweep and the one before it: per size, a paired t-test on the gaps of the seeds both sweeps
