@@ -73,10 +73,16 @@ def results_table(res: dict[str, Any]) -> Table:
     columns += ["CI seeds", "CI held-out"] + (["share lost"] if bigram else [])
     dp = any(s.get("fraction_of_baseline") for s in res["sizes"])
     columns += ["÷ baseline, past window"] if dp else []
+    local = any(s.get("bonus") is not None for s in res["sizes"])
+    columns += ["local", "bonus"] if local else []
+    accuracy = any(s.get("accuracy") for s in res["sizes"])
+    columns += ["exact match"] if accuracy else []
     caption = "params: non-embedding; CI: 95% interval of the gap over seeds (training variance) and over held-out "
     caption += "sequences (evaluation variance)"
     caption += "; share lost: (myopic − vanilla) / (bigram − vanilla)" if bigram else ""
     caption += "; ÷ baseline: Huber/p over the trivial myopic baseline's (0 where z = 1, x where z = 0)" if dp else ""
+    caption += "; bonus: the local myopia bonus, vanilla − local, 95% interval over seeds" if local else ""
+    caption += "; exact match: of the product, mean over seeds" if accuracy else ""
     table = Table(title="myopia gap (myopic − vanilla)", caption=caption)
     for name in [*columns, *(["drift (Holm-adjusted p)"] if drift else [])]:
         table.add_column(name, overflow="fold")  # a narrow terminal wraps a number; it never cuts it to "4.70…"
@@ -102,6 +108,11 @@ def results_table(res: dict[str, Any]) -> Table:
         if dp:
             f = s.get("fraction_of_baseline") or {}
             row.append(", ".join(f"{arm} {v['past_window']:.3f}" for arm, v in f.items()) or "-")
+        if local:
+            row += [_number(s.get("local_loss_mean"), ".4f"), f"{_number(s.get('bonus'), '+.4f')} "
+                    f"{_interval(s.get('bonus_ci95'), '')}".strip()]  # fmt: skip
+        if accuracy:
+            row.append(", ".join(f"{arm} {a[0]:.3f}" for arm, a in (s.get("accuracy") or {}).items()) or "-")
         if drift:
             moved = "yes" if s.get("drift") else "no"
             tested = f"{moved}, {s['test']}, p = {s['p_holm']:.3g}" if s.get("p_holm") is not None else s["test"]

@@ -29,6 +29,21 @@ def _ci(ci: list[float] | None) -> str:
     return "—" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
+def bonus_table(res: dict) -> list[str]:
+    """With a local arm: per size, the local myopia bonus (vanilla − local) with both intervals."""
+    rows = [s for s in res["sizes"] if s.get("bonus") is not None]
+    if not rows:
+        return []
+    lines = ["| size | seeds | vanilla | local | bonus (vanilla − local) | 95% CI over seeds | 95% CI over held-out "
+             "sequences |", "|---" * 7 + "|"]  # fmt: skip
+    for s in rows:
+        lines.append(
+            f"| {s['size']} | {s['n_pairs']} | {s['vanilla_loss_mean']:.4f} | {s['local_loss_mean']:.4f} | "
+            f"**{s['bonus']:+.4f}** | {_ci(s['bonus_ci95'])} | {_ci(s['bonus_eval_ci95'])} |"
+        )
+    return lines
+
+
 def size_table(res: dict) -> list[str]:
     """Per size: the losses, the gap with both intervals, the share lost (with a bigram arm); then the fits."""
     bigram = any(s.get("bigram_loss_mean") is not None for s in res["sizes"])
@@ -84,12 +99,14 @@ def band_table(res: dict) -> list[str]:
     curves: dict[str, list[list[float]]] = defaultdict(list)
     for pair in res["pairs"]:
         curves[pair["size"]].append(pair["gap_per_position"])
-    names = [f"position {a}" if b == a + 1 else f"{a}–{(b or 0) - 1}" if b else f"{a}–end" for a, b in BANDS]
+    length = min(len(c) for cs in curves.values() for c in cs)
+    bands = [(a, b) for a, b in BANDS if a < length]
+    names = [f"position {a}" if b == a + 1 else f"{a}–{(b or 0) - 1}" if b else f"{a}–end" for a, b in bands]
     lines = ["| size | " + " | ".join(n if n.startswith("position ") else f"positions {n}" for n in names) + " |"]
-    lines.append("|---" * (len(BANDS) + 1) + "|")
+    lines.append("|---" * (len(bands) + 1) + "|")
     for size in [s["size"] for s in res["sizes"]]:
         cells = []
-        for a, b in BANDS:
+        for a, b in bands:
             per_seed = [float(np.mean(c[a:b])) for c in curves[size]]
             mean, _, ci = mean_interval(per_seed)
             cells.append(f"{mean:+.4f} {_ci(ci)}")
@@ -109,6 +126,9 @@ def main() -> None:
     print("\n" + "\n".join(fit_lines(res)))
     print("\nper pair (seed: vanilla → myopic, gap [95% CI over held-out sequences])\n")
     print("\n".join(pair_table(res)))
+    if bonus := bonus_table(res):
+        print("\nlocal myopia bonus\n")
+        print("\n".join(bonus))
     print("\ngap by position (mean over seeds; 95% CI over seeds)\n")
     print("\n".join(band_table(res)))
     if args.png:

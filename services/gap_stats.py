@@ -14,6 +14,8 @@ Two intervals, for two sources of variance, each labelled where it is shown:
 With a bigram arm (each position sees only itself): the share of the context benefit that myopia loses,
 (myopic − vanilla) / (bigram − vanilla), with the same two intervals by Fieller's method: none (and said so) where
 the denominator, bigram − vanilla, is not significantly different from zero.
+With a local arm (a fresh model trained on a frozen vanilla model's past): the local myopia bonus, vanilla − local,
+with the same two intervals.
 - Across sizes: a least-squares line of the gap against log10(non-embedding parameters), weighted by each size's
   standard error where every size has one (else unweighted, and said so), with a 95% t-interval on the slope.
 - Between a scheduled sweep and the one before it: per size, a paired t-test on the gaps of the seeds both sweeps
@@ -59,9 +61,17 @@ class SizeGap(BaseModel):
     share_lost_ci95: Interval | None = None  # over seeds (Fieller)
     share_lost_eval_ci95: Interval | None = None  # over held-out sequences (Fieller on block means)
     share_lost_note: str | None = None  # why an interval is missing (bigram − vanilla not significant)
+    local_loss_mean: float | None = None
+    bonus: float | None = None  # the local myopia bonus: vanilla − local, mean over seeds (> 0: local is better)
+    bonus_ci95: Interval | None = None  # over seeds
+    bonus_eval_ci95: Interval | None = None  # over held-out sequences
     # D_p: each arm's held-out Huber/p as a fraction of the trivial myopic baseline's on the same sequences
     # (0 where z = 1, x_n where z = 0), over all positions and over positions past the window; mean over seeds
     fraction_of_baseline: dict[str, dict[str, float]] | None = None
+    # multiplication: each arm's exact-match accuracy, (mean, standard error, 95% interval) over seeds, and its mean
+    # over seeds by operand digit counts ('3×2')
+    accuracy: dict[str, tuple[float, float | None, Interval | None]] | None = None
+    accuracy_by_length: dict[str, dict[str, float | None]] | None = None
 
 
 class GapFit(BaseModel):
@@ -153,11 +163,12 @@ def size_gap(
     myopic: Sequence[float],
     *,
     bigram: Sequence[float] | None = None,
+    local: Sequence[float] | None = None,
     per_sequence: dict[str, list[list[float]]] | None = None,
 ) -> SizeGap:
-    """One size's gap over its seeds (paired: the interval is on the mean of per-seed differences). `bigram`: the
-    bigram arm's loss per seed. `per_sequence`: arm → one list of held-out per-sequence losses per seed."""
-    if len(vanilla) != len(myopic) or not vanilla or (bigram is not None and len(bigram) != len(vanilla)):
+    """One size's gap over its seeds (paired: the interval is on the mean of per-seed differences). `bigram`, `local`:
+    those arms' losses per seed. `per_sequence`: arm → one list of held-out per-sequence losses per seed."""
+    if not vanilla or any(arm is not None and len(arm) != len(vanilla) for arm in (myopic, bigram, local)):
         raise ValueError("a size needs the same, non-zero number of losses in every arm (one per seed)")
     diffs = [m - v for v, m in zip(vanilla, myopic, strict=True)]
     mean, se, ci = mean_interval(diffs)
@@ -175,6 +186,11 @@ def size_gap(
     seq = {arm: np.mean(lists, axis=0) for arm, lists in (per_sequence or {}).items() if lists}  # mean over seeds
     if {"vanilla", "myopic"} <= seq.keys():
         row.gap_eval_ci95 = blocked_interval(seq["myopic"] - seq["vanilla"])
+    if local is not None:
+        row.local_loss_mean = float(np.mean(local))
+        row.bonus, _, row.bonus_ci95 = mean_interval([v - lo for v, lo in zip(vanilla, local, strict=True)])
+        if {"vanilla", "local"} <= seq.keys():
+            row.bonus_eval_ci95 = blocked_interval(seq["vanilla"] - seq["local"])
     if bigram is not None:
         row.bigram_loss_mean = float(np.mean(bigram))
         benefit = row.bigram_loss_mean - row.vanilla_loss_mean

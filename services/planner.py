@@ -41,6 +41,7 @@ SET_ELSEWHERE = {
     "seed": "set per run by `seeds`",
     "model.size": "set per run by `sizes`",
     "attention.mode": "set per run by `arms`",
+    "attention.past_from": "set by the service (the local arm's vanilla partner)",
     "tracking": "set by the service",
     "storage_path": "set by the service",
 }
@@ -88,9 +89,10 @@ class SweepRequest(Strict):
     arms: list[AttentionMode] = Field(
         default_factory=lambda: ["vanilla", "myopic"],
         min_length=1,
-        max_length=3,
+        max_length=4,
         description="vanilla and myopic make the pair; bigram (each position sees only itself) is the optional "
-        "reference: the share of the context benefit that myopia loses",
+        "reference: the share of the context benefit that myopia loses; local (text, from scratch) trains after "
+        "its vanilla partner on that model's frozen past: the local myopia bonus",
     )
     preset: PresetName | None = Field(None, description="a named sweep (see `myopia presets`) under the given fields")
     run: RunTemplate = Field(default_factory=RunTemplate, description="a RunSpec template: its sections and fields")
@@ -121,6 +123,12 @@ class SweepRequest(Strict):
         if len(set(values)) != len(values):
             raise ValueError("lists each value once")
         return values
+
+    @model_validator(mode="after")
+    def _arms_make_pairs(self) -> SweepRequest:
+        if "local" in self.arms and "vanilla" not in self.arms:
+            raise ValueError("arms: the local arm trains on its vanilla partner's past, so vanilla must run too")
+        return self
 
     def template(self) -> dict[str, Any]:
         return self.run.model_dump(mode="json", exclude_none=True)
@@ -194,7 +202,7 @@ def plan(request: SweepRequest, *, profile: str = "cpu", allowed_roots: list[Pat
             errors = _paths_outside(base, allowed_roots) + _too_big(base, placement(size, profile), profile)
             if errors:
                 raise InvalidRequest(errors)
-            arms = {mode: base.arm(mode) for mode in ("vanilla", "myopic", "bigram")}
+            arms = {mode: base.arm(mode, "partner") for mode in ("vanilla", "myopic", "bigram", "local")}
             check_matched(*arms.values())
             pairs.append(PlannedPair(size, seed, {arm: arms[arm] for arm in request.arms}))
     labels: dict[str, str] = {}

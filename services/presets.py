@@ -33,6 +33,27 @@ LADDER_RUN: dict[str, Any] = {
 }
 
 
+# Text where the context matters (docs/results.md): the ladder's data as document starts (position 0 is a
+# document's first token, as in the paper's per-position analysis), 64 tokens, at Pythia-14m's shape with five times
+# the ladder's steps: its vanilla model beats the bigram reference by more than half a nat.
+CONTEXT_RUN: dict[str, Any] = {
+    **LADDER_RUN,
+    "data": {**LADDER_RUN["data"], "sequences": "document_start"},
+    "train": {"steps": 1500, "seq_len": 64, "global_batch": 32, "micro_batch": 32},
+    "eval": {"held_out_sequences": 512},  # every held-out document start (about 420 of them)
+}
+# Multiplication with filler positions sized for one core per arm (docs/results.md): operands of 1–2 digits,
+# 4 layers of width 128; the filler sweep pads the operands to 8 digits (run.data.pad: 8).
+MULTIPLICATION_RUN: dict[str, Any] = {
+    "model": {"overrides": {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4}},
+    "data": {"kind": "multiplication", "max_digits": 2, "pad": 2},
+    "train": {"steps": 4000, "global_batch": 64, "micro_batch": 64},
+    "optimizer": {"lr": 2e-3, "warmup_frac": 0.05},
+    "resources": {"zero_stage": 0, "workers": 1, "cpus_per_worker": 1},
+    "eval": {"held_out_sequences": 2048},
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     doc: str
@@ -187,6 +208,24 @@ PRESETS: dict[str, Preset] = {
             "attention": {"variant": "hidden"},
             "eval": {"held_out_sequences": 1024},
         },
+    ),
+    "context-cpu": Preset(
+        doc="Text where the context matters, for the position-0 effect: cpu-ladder's data as document starts (the "
+        "first 64 tokens of each document with at least 64), Pythia-14m's shape, 1,500 steps of 32 sequences, "
+        "3 seeds, vanilla, myopic and the bigram reference.",
+        sizes=["14m"],
+        seeds=[0, 1, 2],
+        arms=["vanilla", "myopic", "bigram"],
+        run=CONTEXT_RUN,
+    ),
+    "multiplication-cpu": Preset(
+        doc="Multiplication with filler positions (the paper's appendix) on one core per arm: reversed-digit "
+        "products of 1–2-digit operands, padded to 2 digits (run.data.pad: 8 for 6 filler positions per operand), "
+        "a 4-layer GPT-NeoX of width 128 from scratch, 4,000 steps of 64 fresh samples, 3 seeds; exact-match "
+        "accuracy by operand length.",
+        sizes=["14m"],
+        seeds=[0, 1, 2],
+        run=MULTIPLICATION_RUN,
     ),
     "demo": Preset(
         doc="The demo's text sweep: cpu-ladder's seed 0 at its smallest shape (0.1m), vanilla, myopic and the bigram "

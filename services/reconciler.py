@@ -1,7 +1,9 @@
 """The reconciler: brings Ray jobs in line with the store, one tick at a time (one reconciler per control plane).
 
 A tick polls the runs whose job may be running (submitted, running, or cancelled with a job to stop), then submits
-queued runs into the free slots, then derives the status of the sweeps it touched. Its cost is bounded by the
+queued runs into the free slots, then derives the status of the sweeps it touched. A local arm waits in the queue,
+taking no slot, until its vanilla partner has succeeded (it trains on that model's past), and fails if the partner
+fails or is cancelled. Its cost is bounded by the
 concurrency limit, never by the queue or by history. Every run is handled in a transaction of its own: a run
 whose submission or poll fails becomes an event with the cause and is retried after a backoff, and every other
 run goes on. A failed attempt is retried as a new job that resumes from the run's last checkpoint (same run name,
@@ -20,10 +22,11 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from ray.job_submission import JobStatus
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from cluster.jobs import ACTIVE as JOB_ACTIVE
 from cluster.jobs import Jobs, submission_id
@@ -34,6 +37,16 @@ from trainers.job_protocol import job_error, parse_result, progress_file, run_st
 log = logging.getLogger("myopia.reconciler")
 PERMANENT = {"spec", "data", "environment"}  # errors a job reports that no retry can cure (environment: GPU driver)
 LOG_TAIL = 4 * 2**20  # the end of a job's log holds its result or its error
+
+
+SUCCEEDED_ONLY = frozenset({RunStatus.SUCCEEDED})
+LOST = TERMINAL - SUCCEEDED_ONLY
+
+
+def _partner_is(statuses: frozenset[str]) -> Any:
+    """SQL: the run's pair has a vanilla run in one of `statuses` (a local arm runs after its vanilla partner)."""
+    partner = aliased(Run)
+    return exists().where(partner.pair_id == Run.pair_id, partner.arm == "vanilla", partner.status.in_(statuses))
 
 
 class TrackingUnavailable(RuntimeError):
@@ -68,13 +81,15 @@ class Reconciler:
             live = list(s.scalars(select(Run.id).where(Run.job_live)))
         for run_id in live:
             touched |= self._each(run_id, self._poll)
+        for run_id in self._orphaned_local_runs():
+            touched |= self._each(run_id, self._partner_lost)
         with self.db() as s:
             busy = s.scalar(select(func.count()).select_from(Run).where(Run.status.in_(ACTIVE))) or 0
             due = (Run.not_before.is_(None)) | (Run.not_before <= now())
             queued = list(
                 s.scalars(
                     select(Run.id)
-                    .where(Run.status == RunStatus.QUEUED, due)
+                    .where(Run.status == RunStatus.QUEUED, due, (Run.arm != "local") | _partner_is(SUCCEEDED_ONLY))
                     .order_by(Run.created_at, Run.id)
                     .limit(max(0, self.max_concurrent - busy))
                 )
@@ -106,6 +121,16 @@ class Reconciler:
                 run = s.get(Run, run_id)
                 self._failed(run, f"control plane: {type(e).__name__}: {e}"[:2000], permanent=False)
                 return {run.sweep_id}
+
+    def _orphaned_local_runs(self) -> list[str]:
+        """Queued local arms whose vanilla partner ended without a model to take the past from."""
+        with self.db() as s:
+            lost = (Run.status == RunStatus.QUEUED) & (Run.arm == "local") & _partner_is(LOST)
+            return list(s.scalars(select(Run.id).where(lost)))
+
+    def _partner_lost(self, s: Session, run: Run) -> None:
+        vanilla = next(r for r in run.pair.runs if r.arm == "vanilla")
+        self._failed(run, f"its vanilla partner {vanilla.id} {vanilla.status}: no past to train on", permanent=True)
 
     # ------------------------------------------------------------------------------------------------ a run
     def _submit(self, s: Session, run: Run) -> None:

@@ -11,7 +11,15 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API: no pyplot, no process-wide backend
 from sqlalchemy.orm import sessionmaker
 
-from services.gap_stats import SizeGap, blocked_interval, drift, drift_across_sizes, fit_gap, size_gap
+from services.gap_stats import (
+    SizeGap,
+    blocked_interval,
+    drift,
+    drift_across_sizes,
+    fit_gap,
+    mean_interval,
+    size_gap,
+)
 from services.store import RunStatus, Sweep
 from services.sweeps import get_sweep
 from trainers.evaluate import headline
@@ -36,7 +44,8 @@ def _nonembedding(spec: dict[str, Any]) -> int:
 
 def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
     """One row per pair whose vanilla and myopic runs both succeeded: losses, gap, its interval over held-out
-    sequences, the bigram reference where that arm ran, and the gap per position."""
+    sequences, the bigram reference and the local myopia bonus (vanilla − local) where those arms ran, and the gap
+    per position."""
     arms: dict[str, dict[str, Any]] = defaultdict(dict)
     for run in sweep.runs:
         if run.status == RunStatus.SUCCEEDED and run.result:
@@ -49,6 +58,7 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
             pv, pm = v["eval"].get("per_position") or [], m["eval"].get("per_position") or []
             seq = {arm: run.result["eval"].get("per_sequence") for arm, run in done.items()}
             b = done["bigram"].result if "bigram" in done else None
+            lo = done["local"].result if "local" in done else None
             rows.append(
                 {
                     "pair_id": pair.id,
@@ -58,11 +68,15 @@ def pair_gaps(sweep: Sweep) -> list[dict[str, Any]]:
                     "vanilla_loss": _loss(v),
                     "myopic_loss": _loss(m),
                     "bigram_loss": _loss(b) if b else None,
+                    "local_loss": _loss(lo) if lo else None,
+                    "bonus": _loss(v) - _loss(lo) if lo else None,
+                    "bonus_eval_ci95": _eval_interval(seq.get("local"), seq.get("vanilla")),
                     "gap": _loss(m) - _loss(v),
                     "gap_eval_ci95": _eval_interval(seq.get("vanilla"), seq.get("myopic")),
                     "gap_per_position": [b - a for a, b in zip(pv, pm, strict=False)],
                     "per_sequence": {arm: losses for arm, losses in seq.items() if losses},
                     **_baseline_fractions(done),
+                    **_accuracies(done),
                 }
             )
     return rows
@@ -87,22 +101,36 @@ def _baseline_fractions(done: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _eval_interval(vanilla: list[float] | None, myopic: list[float] | None) -> tuple[float, float] | None:
-    if not vanilla or not myopic or len(vanilla) != len(myopic):
+def _accuracies(done: dict[str, Any]) -> dict[str, Any]:
+    """Multiplication runs: each arm's exact-match accuracy, overall and by operand digit counts."""
+    evals = {arm: run.result["eval"] for arm, run in done.items()}
+    if not all("accuracy" in e for e in evals.values()):
+        return {}
+    return {
+        "accuracy": {arm: e["accuracy"] for arm, e in evals.items()},
+        "accuracy_by_length": {arm: e["accuracy_by_length"] for arm, e in evals.items()},
+    }
+
+
+def _eval_interval(base: list[float] | None, other: list[float] | None) -> tuple[float, float] | None:
+    """Of mean(other − base) over the held-out sequences both arms scored."""
+    if not base or not other or len(base) != len(other):
         return None
-    return blocked_interval(np.subtract(myopic, vanilla))
+    return blocked_interval(np.subtract(other, base))
 
 
 def _size_row(size: str, group: list[dict[str, Any]]) -> SizeGap:
     arms = set.intersection(*(set(r["per_sequence"]) for r in group))
     lengths = {len(r["per_sequence"][a]) for r in group for a in arms}
     with_bigram = all(r["bigram_loss"] is not None for r in group)
+    with_local = all(r["local_loss"] is not None for r in group)
     row = size_gap(
         size,
         group[0]["n_params_nonembedding"],
         [r["vanilla_loss"] for r in group],
         [r["myopic_loss"] for r in group],
         bigram=[r["bigram_loss"] for r in group] if with_bigram else None,
+        local=[r["local_loss"] for r in group] if with_local else None,
         # the same held-out set in every pair of the size, else no interval over sequences
         per_sequence={a: [r["per_sequence"][a] for r in group] for a in arms} if len(lengths) == 1 else None,
     )
@@ -112,7 +140,20 @@ def _size_row(size: str, group: list[dict[str, Any]]) -> SizeGap:
             arm: {k: float(np.mean([r["fraction_of_baseline"][arm][k] for r in group])) for k in ("all", "past_window")}
             for arm in sorted(shared)
         }
+    if all("accuracy" in r for r in group):
+        shared = set.intersection(*(set(r["accuracy"]) for r in group))
+        row.accuracy = {arm: mean_interval([r["accuracy"][arm] for r in group]) for arm in sorted(shared)}
+        row.accuracy_by_length = {arm: _mean_by_key([r["accuracy_by_length"][arm] for r in group]) for arm in shared}
     return row
+
+
+def _mean_by_key(dicts: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Per key, the mean of the values present (None where no seed had any)."""
+    out: dict[str, float | None] = {}
+    for key in dicts[0]:
+        values = [d[key] for d in dicts if d.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    return out
 
 
 def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:

@@ -116,6 +116,8 @@ def _report_pair(client: MlflowClient, pair: Pair, row: dict[str, Any] | None) -
         "log10_n_params_nonembedding": math.log10(n),
         **_interval_metrics("gap_eval_ci95", row["gap_eval_ci95"]),  # over held-out sequences
         **({"bigram_loss": row["bigram_loss"]} if row["bigram_loss"] is not None else {}),
+        **({"local_loss": row["local_loss"], "bonus": row["bonus"]} if row["local_loss"] is not None else {}),
+        **_interval_metrics("bonus_eval_ci95", row["bonus_eval_ci95"]),
         **{
             f"fraction_of_baseline.{arm}.{where}": value
             for arm, fractions in (row.get("fraction_of_baseline") or {}).items()
@@ -137,10 +139,12 @@ def _report_sweep(client: MlflowClient, sweep: Sweep, res: dict[str, Any], png: 
     for row in res["sizes"]:
         size = row["size"]
         metrics = {f"gap_mean.{size}": row["gap_mean"]}
-        for key in ("gap_ci95", "gap_eval_ci95", "share_lost_ci95", "share_lost_eval_ci95"):  # seeds / sequences
-            metrics.update(_interval_metrics(f"{key}.{size}", row.get(key)))
-        if row.get("share_lost") is not None:
-            metrics[f"share_lost.{size}"] = row["share_lost"]
+        for key in ("gap", "share_lost", "bonus"):  # intervals over seeds and over held-out sequences
+            for interval in (f"{key}_ci95", f"{key}_eval_ci95"):
+                metrics.update(_interval_metrics(f"{interval}.{size}", row.get(interval)))
+        for key in ("share_lost", "bonus"):
+            if row.get(key) is not None:
+                metrics[f"{key}.{size}"] = row[key]
         for arm, fractions in (row.get("fraction_of_baseline") or {}).items():  # D_p
             for where, value in fractions.items():
                 metrics[f"fraction_of_baseline.{arm}.{where}.{size}"] = value

@@ -68,6 +68,8 @@ def create_sweep(
                         tags={"sweep": sweep_id, "pair": pair.id},
                     )
                     name = f"{sweep_id}-{label}-s{p.seed}-{arm}"
+                    if arm == "local":  # its past: the pair's vanilla model, once trained (the reconciler waits)
+                        spec = spec.arm("local", past_from=f"{sweep_id}-{label}-s{p.seed}-vanilla")
                     spec = spec.model_copy(update={"name": name, "tracking": tracking})
                     run = Run(
                         id=name,

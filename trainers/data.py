@@ -24,6 +24,7 @@ import numpy as np
 from filelock import FileLock
 
 from trainers.corpora import CORPORA, TOKENIZER, DataError, corpus_names, corpus_path, tokenizer_path
+from trainers.job_protocol import run_storage
 from trainers.paths import data_dir
 from trainers.spec import HFData, RunSpec, TextData
 
@@ -132,6 +133,13 @@ def check_source(spec: RunSpec) -> None:
     checkpoint = spec.protocol.checkpoint
     if checkpoint and checkpoint.startswith(("/", "~", ".")) and not Path(checkpoint).expanduser().is_dir():
         raise DataError(f"no checkpoint directory {checkpoint}")
+    if spec.attention.past_from:  # the local arm's vanilla partner: trained, its checkpoint where this run reads it
+        from trainers.local import latest_checkpoint
+
+        try:
+            latest_checkpoint(run_storage(spec.storage_path), spec.attention.past_from)
+        except FileNotFoundError as e:
+            raise DataError(str(e)) from None
 
 
 def _missing(names: list[str], root: Path | None = None) -> None:

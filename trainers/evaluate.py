@@ -117,6 +117,38 @@ def synthetic_loss(model: torch.nn.Module, batches: Batches, n: int, p: float, l
 
 
 @torch.no_grad()
+def multiplication_eval(model: torch.nn.Module, batches: Batches, n: int, task: Any) -> dict:
+    """Held-out cross-entropy on the product's digits (mean, per product digit, per sequence) and exact-match
+    accuracy, overall and by operand digit counts ('3×2': a 3-digit times a 2-digit operand)."""
+    from trainers.arithmetic import operand_lengths_key
+
+    width = 2 * task.max_digits
+    sums, count, parts = torch.zeros(width, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), []
+    right: dict[str, list[float]] = {}
+    for idx, (ids, lengths) in batches:
+        ce, correct = task.answer_losses(model(ids, use_cache=False).logits, ids)
+        sums += ce.double().sum(0).cpu()
+        count += ids.shape[0]
+        parts.append((idx, ce.double().mean(1).cpu()))
+        for key, ok in zip(operand_lengths_key(lengths.numpy()), correct.all(1).tolist(), strict=True):
+            right.setdefault(key, [0.0, 0.0])
+            right[key][0] += ok
+            right[key][1] += 1
+    keys = [f"{a}×{b}" for a in range(1, task.max_digits + 1) for b in range(1, task.max_digits + 1)]
+    tally = torch.tensor([right.get(k, [0.0, 0.0]) for k in keys], dtype=torch.float64)  # (keys, [right, seen])
+    _all_sum(sums), _all_sum(count), _all_sum(tally)
+    per_position = (sums / count).tolist()
+    return {
+        "loss": float(np.mean(per_position)),
+        "per_position": per_position,
+        "per_sequence": _per_sequence(n, parts),
+        "sequences": int(count.item()),
+        "accuracy": float(tally[:, 0].sum() / tally[:, 1].sum()),
+        "accuracy_by_length": {k: float(r / s) if s else None for k, (r, s) in zip(keys, tally.tolist(), strict=True)},
+    }
+
+
+@torch.no_grad()
 def probe_r2(model: torch.nn.Module, inputs: torch.Tensor, b: float, lags=PROBE_LAGS) -> np.ndarray:
     """Held-out R² of a ridge probe for sin(b·x_{n−i}), shape (layers + 1, lags): hidden states after the input
     projection (row 0) and after each layer; positions n ≥ max lag; fit on the first half of the sequences."""

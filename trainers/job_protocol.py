@@ -46,6 +46,9 @@ def job_error(logs: str) -> dict[str, Any] | None:
         return None
 
 
+CHECKPOINT_TAG = "ckpt"  # the DeepSpeed tag of every checkpoint a run writes
+
+
 def is_uri(where: str) -> bool:
     return "://" in where  # s3://bucket/prefix, gs://…: Ray Train writes there through pyarrow
 

@@ -16,13 +16,12 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from trainers.job_protocol import CHECKPOINT_TAG
 from trainers.runtime import check_cuda, configure_deepspeed_env
 from trainers.spec import RunSpec
 from trainers.speedups import adamw, fuse_loss, speedups
 from trainers.tasks import make_task
 from trainers.tracking import Tracker
-
-CHECKPOINT_TAG = "ckpt"
 
 
 def lr_lambda(spec: RunSpec):

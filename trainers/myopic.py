@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedConfig
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention, rotate_half
 
-AttentionMode = Literal["vanilla", "myopic", "bigram"]
+AttentionMode = Literal["vanilla", "myopic", "bigram", "local"]
 Variant = Literal["hidden", "kv"]
 Impl = Literal["fused", "reference"]
 M = TypeVar("M", bound=torch.nn.Module)
@@ -43,12 +43,14 @@ class AttentionSettings:
     impl: Impl = "fused"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("vanilla", "myopic", "bigram"):
-            raise ValueError(f"attention must be 'vanilla', 'myopic' or 'bigram', not {self.mode!r}")
+        if self.mode not in ("vanilla", "myopic", "bigram", "local"):
+            raise ValueError(f"attention must be 'vanilla', 'myopic', 'bigram' or 'local', not {self.mode!r}")
         if self.variant not in ("hidden", "kv"):
             raise ValueError(f"variant must be 'hidden' or 'kv', not {self.variant!r}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must lie in [0, 1], not {self.beta!r}")
+        if self.mode == "local" and self.beta != 0.0:
+            raise ValueError("local attention takes the whole past from the frozen model: beta must be 0")
         if self.impl not in ("fused", "reference"):
             raise ValueError(f"impl must be 'fused' or 'reference', not {self.impl!r}")
 
@@ -77,6 +79,7 @@ def set_attention(
             module.__class__ = MyopicGPTNeoXAttention  # same parameters and buffers, another forward
             module.myopia = settings
             module.cut = None
+            module.past = None
     model.config.myopia = {k: v for k, v in asdict(settings).items() if k != "impl"}
     return model
 
@@ -364,11 +367,14 @@ def _reference_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     mask: torch.Tensor | None,
+    past: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Explicit T×T attention with past keys/values built from (1 − beta)·detached + beta·live inputs.
 
     With `module.cut = c`, positions j < c use fully detached inputs and nothing else is special: running this
     once per c and backpropagating the loss at c alone is the brute-force definition of docs/science.md.
+    With `past` (mode `local`, beta 0), the keys and values of earlier positions are this layer's projections of
+    `past` instead of `x`: attention inputs computed by another (frozen) model; the diagonal stays live.
     """
     s = module.myopia
     B, T, _ = x.shape
@@ -380,7 +386,9 @@ def _reference_attention(
         return _rotate(q, cos, sin), _rotate(k, cos, sin), v
 
     q, k, v = project(x)
-    if s.variant == "hidden":
+    if past is not None:
+        _, k_det, v_det = project(past)
+    elif s.variant == "hidden":
         _, k_det, v_det = project(x.detach())  # the paper's second projection
     else:
         k_det, v_det = k.detach(), v.detach()
@@ -422,13 +430,16 @@ class MyopicGPTNeoXAttention(GPTNeoXAttention):
     Vanilla mode, and any forward without gradients (inference, `generate()` with its KV cache), run transformers'
     own forward unchanged. With gradients enabled, myopic mode runs the `myopia::attention` op (or the reference).
     Bigram mode (the reference arm: what losing the whole past costs) lets each position attend only to itself, in
-    the forward too, so the model sees one token at a time.
+    the forward too, so the model sees one token at a time. Local mode (the local myopia bonus: `trainers.local`)
+    takes the keys and values of earlier positions from `past`, another model's attention inputs that its wrapper
+    sets before each forward, in the forward too (explicit T×T attention: a CPU-scale measurement).
     Under ZeRO-3 the module must be a leaf (`deepspeed.utils.set_z3_leaf_modules`) since it reads its
     projection's weight directly: `trainers.engine` does that.
     """
 
     myopia: AttentionSettings
     cut: int | None
+    past: torch.Tensor | None
 
     def forward(  # type: ignore[override]
         self,
@@ -444,6 +455,12 @@ class MyopicGPTNeoXAttention(GPTNeoXAttention):
             heads = self.config.num_attention_heads
             v = self.query_key_value(hidden_states).view(B, T, heads, -1).chunk(3, dim=-1)[2]
             return self.dense(v.reshape(B, T, -1)), None
+        if s.mode == "local":
+            if self.past is None:
+                raise RuntimeError("local attention needs its past: run the model through trainers.local.LocalMyopic")
+            cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+            out = _reference_attention(self, hidden_states, cos, sin, attention_mask, self.past)
+            return self.dense(out.reshape(*hidden_states.shape[:-1], -1)), None
         if s.mode == "vanilla" or not torch.is_grad_enabled():  # the forward is vanilla's in every mode
             return super().forward(hidden_states, attention_mask, layer_past, position_embeddings, **kwargs)
         if self.training and self.attention_dropout > 0:

@@ -1,8 +1,8 @@
 """RunSpec: everything one training run depends on, as one pydantic model (JSON in, JSON out).
 
 The control plane and the trainers meet only here: a run is fully determined by its spec (docs/architecture.md).
-The two arms of a pair (and the optional bigram reference) are specs that differ in `attention.mode` alone;
-`check_matched` refuses anything else.
+The two arms of a pair (and the optional bigram and local arms) are specs that differ in `attention.mode` alone
+(the local arm also names its vanilla partner in `attention.past_from`); `check_matched` refuses anything else.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def field_error(field: str, message: str) -> PydanticCustomError:
     return PydanticCustomError("spec_field", message, {"field": field})
 
 
-DATA_KINDS = ("synthetic", "text", "hf")  # the tags of the data section's union
+DATA_KINDS = ("synthetic", "text", "hf", "multiplication")  # the tags of the data section's union
 
 
 def error_path(err: Any, prefix: tuple[str, ...] = ()) -> str:
@@ -103,6 +103,21 @@ class AttentionSpec(Strict):
         "hidden", description="hidden: the paper's (past attention inputs detached); kv: past keys and values detached"
     )
     beta: float = Field(0.0, ge=0.0, le=1.0, description="gradient share through edges to earlier positions")
+    past_from: str | None = Field(
+        None,
+        max_length=160,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="mode local: the run name of the trained vanilla model whose past it uses (its final checkpoint "
+        "in the same storage); a sweep sets it to the pair's vanilla run",
+    )
+
+    @model_validator(mode="after")
+    def _local_needs_past(self) -> AttentionSpec:
+        if self.mode == "local" and self.beta != 0.0:
+            raise field_error("beta", "local attention takes the whole past from the frozen model: beta must be 0")
+        if (self.past_from is not None) != (self.mode == "local"):
+            raise field_error("past_from", "mode 'local', and only it, names the vanilla run whose past it reads")
+        return self
 
 
 class ProtocolSpec(Strict):
@@ -127,6 +142,25 @@ class SyntheticData(Strict):
     lags: int = Field(
         10, ge=1, le=2048, description="window length: the target sums sin(b·x) over the previous `lags` inputs"
     )
+
+
+class MultiplicationData(Strict):
+    kind: Literal["multiplication"] = "multiplication"
+    max_digits: int = Field(3, ge=1, le=9, description="operands have 1..max_digits digits (uniform)")
+    pad: int = Field(
+        3, ge=1, le=64, description="operands zero-padded to this many digits; beyond max_digits: filler positions"
+    )
+
+    @model_validator(mode="after")
+    def _pad_holds_operands(self) -> MultiplicationData:
+        if self.pad < self.max_digits:
+            raise field_error("pad", f"pad ({self.pad}) must be at least max_digits ({self.max_digits})")
+        return self
+
+    @property
+    def seq_len(self) -> int:
+        """Both padded operands, '*', '=' and the product's 2 · max_digits digits."""
+        return 2 * self.pad + 2 + 2 * self.max_digits
 
 
 Sequences = Literal["packed", "document_start"]
@@ -160,7 +194,10 @@ def _data_kind(value: Any) -> str:
 
 
 DataSpec = Annotated[
-    Annotated[SyntheticData, Tag("synthetic")] | Annotated[TextData, Tag("text")] | Annotated[HFData, Tag("hf")],
+    Annotated[SyntheticData, Tag("synthetic")]
+    | Annotated[TextData, Tag("text")]
+    | Annotated[HFData, Tag("hf")]
+    | Annotated[MultiplicationData, Tag("multiplication")],
     Discriminator(_data_kind),
 ]
 
@@ -236,6 +273,19 @@ class RunSpec(Strict):
     tracking: TrackingSpec = TrackingSpec()
     storage_path: str | None = Field(None, description="Ray Train storage (checkpoints); None: the data dir")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _multiplication_length(cls, doc: Any) -> Any:
+        """Multiplication data fix the sequence length: where train.seq_len is not given, it is theirs."""
+        data, train = (doc.get("data"), doc.get("train") or {}) if isinstance(doc, dict) else (None, None)
+        if not (isinstance(data, dict) and data.get("kind") == "multiplication" and isinstance(train, dict)):
+            return doc
+        fields = MultiplicationData.model_fields
+        digits, pad = (data.get(k, fields[k].default) for k in ("max_digits", "pad"))
+        if "seq_len" not in train and isinstance(digits, int) and isinstance(pad, int):  # else the data's errors
+            doc = {**doc, "train": {**train, "seq_len": 2 * pad + 2 + 2 * digits}}
+        return doc
+
     @model_validator(mode="after")
     def _batches_divide(self) -> RunSpec:
         per_step = self.train.micro_batch * self.resources.workers
@@ -247,6 +297,23 @@ class RunSpec(Strict):
             )
         if self.protocol.kind == "finetune" and self.model.vocab_size is not None:
             raise field_error("model.vocab_size", "a fine-tuned checkpoint keeps its own vocabulary: leave it unset")
+        if self.attention.mode == "local" and (self.data.kind not in ("text", "hf") or self.protocol.kind != "scratch"):
+            raise field_error(
+                "attention.mode", "the local arm trains a text model from scratch (text or hf data, scratch)"
+            )
+        if isinstance(self.data, MultiplicationData):
+            if self.train.seq_len != self.data.seq_len:
+                raise field_error(
+                    "train.seq_len",
+                    f"train.seq_len must be 2 · data.pad + 2 + 2 · data.max_digits = {self.data.seq_len} for this "
+                    f"multiplication data, not {self.train.seq_len}",
+                )
+            if self.model.vocab_size is not None or self.protocol.kind == "finetune":
+                raise field_error(
+                    "data",
+                    "multiplication data trains from scratch on its own 12 tokens: leave "
+                    "model.vocab_size and protocol.checkpoint unset",
+                )
         if self.train.precision == "fp16" and self.resources.gpus_per_worker == 0:
             raise field_error("train.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0); use fp32 or bf16")
         return self
@@ -268,7 +335,14 @@ class RunSpec(Strict):
     def identity(self) -> dict[str, Any]:
         """What determines the result: everything but naming, tracking, storage and placement over nodes."""
         return self.model_dump(
-            mode="json", exclude={"name": True, "tracking": True, "storage_path": True, "resources": {"placement"}}
+            mode="json",
+            exclude={
+                "name": True,
+                "tracking": True,
+                "storage_path": True,
+                "resources": {"placement"},
+                "attention": {"past_from"},  # names the partner run, like `name`
+            },
         )
 
     def config_hash(self) -> str:
@@ -280,8 +354,9 @@ class RunSpec(Strict):
         ident["attention"].pop("mode")
         return _hash(ident)
 
-    def arm(self, mode: AttentionMode) -> RunSpec:
-        return self.model_copy(update={"attention": self.attention.model_copy(update={"mode": mode})})
+    def arm(self, mode: AttentionMode, past_from: str | None = None) -> RunSpec:
+        update = {"mode": mode, "past_from": past_from if mode == "local" else None}
+        return self.model_copy(update={"attention": self.attention.model_copy(update=update)})
 
 
 def _hash(obj: Any) -> str:
@@ -290,10 +365,11 @@ def _hash(obj: Any) -> str:
 
 def check_matched(vanilla: RunSpec, *others: RunSpec) -> None:
     """Refuse arms that differ from the vanilla one in anything but the attention mode (naming and tracking aside):
-    a pair is a vanilla and a myopic arm, with a bigram arm as the optional reference."""
+    a pair is a vanilla and a myopic arm, with a bigram arm (the reference) and a local arm (the local myopia
+    bonus) as options."""
     modes = [vanilla.attention.mode, *(o.attention.mode for o in others)]
     if modes[0] != "vanilla" or len(set(modes)) != len(modes) or "myopic" not in modes:
-        raise ValueError(f"a pair is one vanilla arm and one myopic arm (and at most one bigram arm), not {modes}")
+        raise ValueError(f"a pair is one vanilla arm and one myopic arm (bigram and local optional), not {modes}")
     a = _flatten(vanilla.identity())
     for other in others:
         b = _flatten(other.identity())

@@ -34,13 +34,16 @@ def speedups(spec: RunSpec, cuda: bool | None = None) -> Speedups:
     return Speedups(
         compile=cuda and spec.train.compile,
         fused_adamw=cuda and spec.optimizer.fused,
-        fused_loss=cuda and fuses_loss(spec.data.kind, spec.train.precision, spec.train.fused_loss),
+        # the local arm's wrapper computes its loss through the inner model's own head
+        fused_loss=cuda
+        and spec.attention.mode != "local"
+        and fuses_loss(spec.data.kind, spec.train.precision, spec.train.fused_loss),
     )
 
 
 def fuses_loss(data_kind: str, precision: str, switch: bool) -> bool:
     """Whether a GPU run with these settings uses the fused loss (the planner's memory model asks too)."""
-    return switch and data_kind != "synthetic" and precision != "fp16"
+    return switch and data_kind in ("text", "hf") and precision != "fp16"
 
 
 class FusedLossHead(torch.nn.Linear):

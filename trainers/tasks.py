@@ -12,11 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainers import evaluate
+from trainers import arithmetic, evaluate, local
 from trainers.data import TokenShards, global_batch_indices, shard, text_dataset
+from trainers.job_protocol import run_storage
 from trainers.models import PYTHIA_VOCAB, build_model, load_model, pythia_config
 from trainers.myopic import set_attention
-from trainers.spec import RunSpec, SyntheticData
+from trainers.spec import MultiplicationData, RunSpec, SyntheticData
 from trainers.synthetic import RegressionGPTNeoX, SyntheticTask
 
 EVAL_SEED = 999_999  # the held-out D_p set's own seed, never used for training batches
@@ -59,14 +60,20 @@ class TextTask:
         s, a = self.spec, self.spec.attention
         if s.protocol.kind == "finetune":
             return load_model(s.protocol.checkpoint, attention=a.mode, variant=a.variant, beta=a.beta)
-        return build_model(
-            s.model.size,
-            attention=a.mode,
-            variant=a.variant,
-            beta=a.beta,
-            vocab_size=s.model.vocab_size,
-            **s.model.overrides,
-        )
+
+        def fresh(mode: str) -> torch.nn.Module:
+            return build_model(
+                s.model.size, attention=mode, variant=a.variant, beta=a.beta, vocab_size=s.model.vocab_size,
+                **s.model.overrides,
+            )  # fmt: skip
+
+        model = fresh(a.mode)  # first: the same initial weights as every arm of the seed
+        if a.mode != "local":
+            return model
+        frozen = fresh("vanilla")
+        checkpoint = local.latest_checkpoint(run_storage(s.storage_path), a.past_from)
+        frozen.load_state_dict(local.partner_weights(checkpoint))
+        return local.LocalMyopic(model, frozen)
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[torch.Tensor]:
         """This rank's micro-batches of token ids for optimizer step `step`."""
@@ -110,8 +117,7 @@ class DpTask:
     def micro_batches(self, step: int, rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Fresh samples every step: the global batch is drawn from a generator seeded by (seed, step)."""
         t = self.spec.train
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.spec.seed, step]).generate_state(1)[0]))
-        inputs, target, _ = self.task.sample(t.global_batch, g)
+        inputs, target, _ = self.task.sample(t.global_batch, _step_generator(self.spec.seed, step))
         parts = shard(np.arange(t.global_batch), rank, world, t.micro_batch)
         return [(inputs[p], target[p]) for p in parts]
 
@@ -151,5 +157,56 @@ class DpTask:
         return evaluate.probe_table(trained_r2, evaluate.probe_r2(control, inputs, self.task.b))
 
 
+class MultiplicationTask:
+    """Reversed-digit products (`trainers.arithmetic`): a causal LM on 12 tokens, trained on fresh samples every
+    step, with the loss on the product's digits only (the operands are random: nothing there to learn)."""
+
+    wants_weights = False
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        d: MultiplicationData = spec.data  # type: ignore[assignment]
+        self.task = arithmetic.MultiplicationTask(max_digits=d.max_digits, pad=d.pad)
+
+    def build_model(self) -> torch.nn.Module:
+        s, a = self.spec, self.spec.attention
+        return build_model(
+            s.model.size,
+            attention=a.mode,
+            variant=a.variant,
+            beta=a.beta,
+            vocab_size=arithmetic.VOCAB,
+            **s.model.overrides,
+        )
+
+    def micro_batches(self, step: int, rank: int, world: int) -> list[torch.Tensor]:
+        t = self.spec.train
+        ids, _ = self.task.sample(t.global_batch, _step_generator(self.spec.seed, step))
+        return [ids[p] for p in shard(np.arange(t.global_batch), rank, world, t.micro_batch)]
+
+    def loss(self, model: Any, ids: torch.Tensor) -> torch.Tensor:
+        return self.task.answer_losses(model(ids, use_cache=False).logits, ids)[0].mean()
+
+    def tokens(self, batch: torch.Tensor) -> int:
+        return batch.numel()
+
+    def evaluate(self, model: Any, rank: int, world: int) -> dict:
+        ids, lengths = self.task.sample(self.spec.eval.held_out_sequences, torch.Generator().manual_seed(EVAL_SEED))
+        mb, mine = self.spec.train.micro_batch, np.arange(len(ids))[rank::world]
+        batches = [
+            (mine[i : i + mb], (ids[mine[i : i + mb]], lengths[mine[i : i + mb]])) for i in range(0, len(mine), mb)
+        ]
+        return evaluate.multiplication_eval(model, batches, len(ids), self.task)
+
+    def analyse(self, weights: dict[str, torch.Tensor]) -> None:
+        return None
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one optimizer step's fresh samples: seeded by (seed, step), so both arms draw the same."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
 def make_task(spec: RunSpec) -> Task:
-    return DpTask(spec) if spec.data.kind == "synthetic" else TextTask(spec)
+    kinds = {"synthetic": DpTask, "multiplication": MultiplicationTask}
+    return kinds.get(spec.data.kind, TextTask)(spec)

@@ -16,7 +16,7 @@ from services.planner import SweepRequest
 from services.reconciler import Reconciler
 from services.settings import Settings
 from services.store import connect
-from services.sweeps import cancel_sweep, create_sweep, get_run, get_sweep
+from services.sweeps import cancel_run, cancel_sweep, create_sweep, get_run, get_sweep
 from tests.integration.serving import until
 from trainers.job_protocol import progress_file, run_storage
 
@@ -243,3 +243,43 @@ def check_logs(head, db, run_id: str) -> None:
         assert too_much.status_code == 422 and too_much.json()["detail"][0]["field"] == "query.tail"
     finally:
         server.stop()
+
+
+def test_a_local_arm_waits_for_its_vanilla_partner_and_trains_on_its_past(head, tmp_path):
+    """The local arm (the local myopia bonus) queues first by name but takes no slot until its vanilla partner has
+    succeeded; then it trains on that model's past and the results carry the bonus. A local arm whose partner is
+    cancelled fails, naming it, so its sweep ends."""
+    from trainers import corpora
+
+    corpora.fetch(["wiki"], head["root"], log=lambda _: None)  # the jobs' data dir
+    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
+    text = {
+        "model": {"overrides": TINY, "vocab_size": 512},
+        "data": {"kind": "text", "corpus": "wiki"},
+        "train": {"steps": 6, "seq_len": 32, "global_batch": 8, "micro_batch": 8},
+        "eval": {"held_out_sequences": 48},
+    }
+    request = SweepRequest.model_validate({**SWEEP, "arms": ["local", "vanilla", "myopic"], "run": text})
+    doomed, _ = create_sweep(db, request, mlflow_uri=None)
+    cancel_run(db, next(r.id for r in doomed.runs if r.arm == "vanilla"))
+    sweep, _ = create_sweep(db, request, mlflow_uri=None)
+    rec = reconciler(head, db)
+    rec.tick()
+    lost = next(r for r in get_sweep(db, doomed.id).runs if r.arm == "local")
+    assert lost.status == "failed" and "vanilla partner" in lost.error and "cancelled" in lost.error
+    assert lost.submission_id is None  # never submitted
+
+    until(lambda: get_sweep(db, sweep.id).status in ("succeeded", "failed"), tick=rec.tick, timeout=600)
+    runs = {r.arm: get_run(db, r.id) for r in get_sweep(db, sweep.id).runs}
+    assert {r.status for r in runs.values()} == {"succeeded"}, {a: r.error for a, r in runs.items()}
+    vanilla_done = next(e.at for e in runs["vanilla"].events if e.status == "succeeded")
+    assert next(e.at for e in runs["local"].events if e.status == "submitted") >= vanilla_done
+    assert runs["local"].spec["attention"] == {**runs["vanilla"].spec["attention"], "mode": "local",
+                                                 "past_from": runs["vanilla"].id}  # fmt: skip
+    from services.results import sweep_results
+
+    results = sweep_results(db, sweep.id)
+    (size,), (pair,) = results["sizes"], results["pairs"]
+    assert pair["bonus"] == pytest.approx(pair["vanilla_loss"] - pair["local_loss"])
+    assert pair["local_loss"] == pytest.approx(runs["local"].result["eval"]["loss"])
+    assert size["bonus"] == pytest.approx(pair["bonus"]) and size["bonus_eval_ci95"] is not None

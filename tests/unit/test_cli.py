@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from api.cli import main
@@ -70,3 +71,26 @@ def test_results_table_shows_the_baseline_fractions_the_drift_test_and_an_unboun
     assert "vanilla 0.022, myopic 0.988" in text and "÷ baseline" in text
     assert "yes, paired t, p = 0.03" in text and "Holm" in text
     assert "0.960 (no bounded interval)" in text
+
+
+def test_results_show_the_local_bonus_and_the_accuracies_averaged_over_seeds():
+    from rich.console import Console
+
+    from api.client_cli import results_table
+    from services.results import _size_row
+
+    def pair(seed: int, acc: dict[str, float]) -> dict:
+        return {
+            "seed": seed, "n_params_nonembedding": 1000, "vanilla_loss": 1.0 + seed / 10, "myopic_loss": 1.2,
+            "bigram_loss": None, "local_loss": 0.99 + seed / 10, "per_sequence": {},
+            "accuracy": acc, "accuracy_by_length": {arm: {"1×1": 1.0, "2×2": a} for arm, a in acc.items()},
+        }  # fmt: skip
+
+    row = _size_row("L4-d128-h4", [pair(0, {"vanilla": 0.5, "myopic": 0.4}), pair(1, {"vanilla": 0.7, "myopic": 0.4})])
+    assert row.bonus == pytest.approx(0.01) and row.local_loss_mean == pytest.approx(1.04)
+    assert row.accuracy["vanilla"][0] == pytest.approx(0.6) and row.accuracy["myopic"][1] == 0.0
+    assert row.accuracy_by_length["vanilla"] == {"1×1": 1.0, "2×2": pytest.approx(0.6)}
+    console = Console(width=400, record=True)
+    console.print(results_table({"sizes": [row.model_dump()]}))
+    text = console.export_text()
+    assert "+0.0100" in text and "myopic 0.400, vanilla 0.600" in text and "local myopia bonus" in text

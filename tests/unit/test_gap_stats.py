@@ -91,6 +91,21 @@ def test_weighted_fit_against_a_hand_computation():
     assert fit_gap(points, min_params=500_000_000) is None
 
 
+def test_local_myopia_bonus_is_vanilla_minus_local_with_both_intervals():
+    local = [4.08, 4.10, 4.11, 4.10]
+    g = size_gap("14m", 1, VANILLA, MYOPIC, local=local)
+    ci = stats.ttest_rel(VANILLA, local).confidence_interval(0.95)
+    assert g.bonus == pytest.approx(np.mean(np.subtract(VANILLA, local))) and g.local_loss_mean == pytest.approx(4.0975)
+    assert g.bonus_ci95 == pytest.approx((ci.low, ci.high))
+    rng = np.random.default_rng(0)
+    seq = {arm: [list(rng.normal(4, 1, 400))] for arm in ("vanilla", "myopic")}
+    seq["local"] = [list(np.array(seq["vanilla"][0]) - 0.02)]  # better by 0.02 on every sequence
+    one = size_gap("14m", 1, [4.0], [4.1], local=[3.98], per_sequence=seq)
+    assert one.bonus_ci95 is None and one.bonus_eval_ci95 == pytest.approx((0.02, 0.02))
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        size_gap("14m", 1, VANILLA, MYOPIC, local=local[:2])
+
+
 def test_interval_over_held_out_sequences_is_over_blocks_of_neighbours():
     """One pair still gets an interval: over the paired per-sequence differences on the shared held-out set, by batch
     means over blocks of a length chosen from the series (neighbouring sequences share documents), here against

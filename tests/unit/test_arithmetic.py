@@ -1,0 +1,98 @@
+"""Multiplication with filler positions: the data, the spec's checks, the loss and exact match."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trainers.arithmetic import EQUALS, TIMES, MultiplicationTask
+from trainers.spec import RunSpec, SpecError, parse_spec
+from trainers.tasks import make_task
+
+
+def _number(digits: torch.Tensor) -> int:
+    return int(sum(int(d) * 10**i for i, d in enumerate(digits.tolist())))
+
+
+@pytest.mark.parametrize("max_digits,pad", [(1, 1), (3, 3), (3, 8), (5, 10)])
+def test_sequences_are_reversed_padded_products(max_digits, pad):
+    task = MultiplicationTask(max_digits=max_digits, pad=pad)
+    ids, lengths = task.sample(256, torch.Generator().manual_seed(0))
+    assert ids.shape == (256, task.seq_len) and task.seq_len == 2 * pad + 2 + 2 * max_digits
+    assert (ids[:, pad] == TIMES).all() and (ids[:, task.answer_start] == EQUALS).all()
+    for row, (la, lb) in zip(ids, lengths.tolist(), strict=True):
+        a, b, c = _number(row[:pad]), _number(row[pad + 1 : 2 * pad + 1]), _number(row[task.answer_start + 1 :])
+        assert a * b == c
+        assert len(str(a)) == la and len(str(b)) == lb  # the operand lengths the accuracy is broken down by
+        assert (row[la:pad] == 0).all()  # the padding: zeros after the most significant digit (the fillers)
+    assert set(lengths.flatten().tolist()) == set(range(1, max_digits + 1))
+
+
+def test_the_spec_checks_the_sequence_length_and_vocabulary():
+    def refused(doc: dict) -> str:
+        with pytest.raises(SpecError) as e:
+            parse_spec(json.dumps(doc))
+        return str(e.value)
+
+    data = {"kind": "multiplication", "max_digits": 3, "pad": 8}
+    assert RunSpec.model_validate({"data": data}).train.seq_len == 24  # where not given, the data's
+    wrong = {"data": data, "train": {"seq_len": 64}}
+    assert "train.seq_len" in refused(wrong) and "= 24" in refused(wrong)
+    assert "data.pad" in refused({"data": {**data, "pad": 2}, "train": {"seq_len": 12}})
+    assert "data" in refused({"data": data, "train": {"seq_len": 24}, "model": {"vocab_size": 50}})
+    assert RunSpec.model_validate({"data": data, "train": {"seq_len": 24}}).data.seq_len == 24
+
+
+def test_exact_match_is_greedy_decoding():
+    """All product digits argmax-correct under teacher forcing iff greedy decoding writes the product."""
+    spec = RunSpec.model_validate(
+        {
+            "model": {"overrides": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 1}},
+            "data": {"kind": "multiplication", "max_digits": 2, "pad": 3},
+            "train": {"seq_len": 12, "global_batch": 32, "micro_batch": 32},
+            "eval": {"held_out_sequences": 64},
+        }
+    )
+    task = make_task(spec)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    ids, _ = task.task.sample(64, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, correct = task.task.answer_losses(model(ids).logits, ids)
+        start = task.task.answer_start + 1
+        out = ids[:, :start]
+        while out.shape[1] < ids.shape[1]:
+            out = torch.cat([out, model(out).logits[:, -1:].argmax(-1)], dim=1)
+    assert torch.equal(correct.all(1), (out == ids).all(1))
+
+
+def test_a_short_run_learns():
+    """The task, its loss and its evaluation in a few hundred steps: the loss falls, one-digit products start to
+    come out right, and the evaluation breaks exact match down by operand lengths."""
+    spec = RunSpec.model_validate(
+        {
+            "model": {"overrides": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2}},
+            "data": {"kind": "multiplication", "max_digits": 2, "pad": 2},
+            "train": {"seq_len": 10, "global_batch": 64, "micro_batch": 64},
+            "eval": {"held_out_sequences": 512},
+        }
+    )
+    task = make_task(spec)
+    torch.manual_seed(0)
+    model = task.build_model()
+    before = task.evaluate(model.eval(), 0, 1)
+    opt = torch.optim.AdamW(model.train().parameters(), lr=3e-3)
+    for step in range(300):
+        (ids,) = task.micro_batches(step, 0, 1)
+        opt.zero_grad()
+        task.loss(model, ids).backward()
+        opt.step()
+    result = task.evaluate(model.eval(), 0, 1)
+    assert set(result["accuracy_by_length"]) == {"1×1", "1×2", "2×1", "2×2"}
+    assert result["loss"] < before["loss"] - 0.5
+    assert result["accuracy_by_length"]["1×1"] > 0.2 > before["accuracy_by_length"]["1×1"]
+    assert len(result["per_position"]) == 4 and len(result["per_sequence"]) == 512
+    assert np.isclose(result["loss"], np.mean(result["per_position"]))
