@@ -6,6 +6,7 @@ SQLAlchemy 2 models; the schema is created and upgraded by Alembic (`services/mi
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -209,14 +210,19 @@ def _probe(engine: Engine) -> None:
 
 def _guard_file(engine: Engine, path: Path) -> Callable[..., None]:
     identity = _identity(path)
+    # One descriptor for the life of the engine, never closed: closing any descriptor of the database file drops
+    # every POSIX lock this process holds on it, SQLite's included; another process's closing connection would then
+    # take the file for its last user and delete the write-ahead log this process still writes to (seen: a
+    # bench reading the store beside `myopia serve` lost the server's writes).
+    header = os.open(path, os.O_RDONLY) if identity else None
 
     def guard(*_: object) -> None:
-        if _identity(path) != identity:
+        if _identity(path) != identity or header is None:
             raise StoreUnavailable(f"the database file {path} was deleted or replaced while the control plane ran: "
                                    "restore it and restart (nothing was written meanwhile)")  # fmt: skip
-        with path.open("rb") as f:  # 16 bytes: a pooled connection would not notice an overwritten header itself
-            if f.read(16) != SQLITE_MAGIC:
-                raise StoreUnavailable(f"the database file {path} is not an SQLite database any more (corrupted?)")
+        # 16 bytes: a pooled connection would not notice an overwritten header itself
+        if os.pread(header, 16, 0) != SQLITE_MAGIC:
+            raise StoreUnavailable(f"the database file {path} is not an SQLite database any more (corrupted?)")
 
     # before a new connection would create a ghost file, and before a pooled one is handed out
     event.listen(engine, "do_connect", guard)

@@ -86,3 +86,30 @@ def test_the_models_match_the_migrations(database_url):
     with create_engine(database_url).connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert diff == []
+
+
+def test_another_process_closing_the_store_loses_none_of_this_ones_writes(tmp_path):
+    """The file guard reads the database's header on every checkout; were it to open and close the file, it would
+    drop this process's SQLite locks (POSIX locks belong to the process), and another process closing its own
+    connection would take itself for the last user and delete the write-ahead log this process still writes to."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    db = connect(url)
+
+    def add(name: str) -> None:
+        with db.begin() as s:  # a checkout: the guard runs
+            s.add(Sweep(id=name, name=name, status="queued", request={}))
+
+    add("sw-first")
+    add("sw-before")  # its checkout runs the guard while the connection holds its locks from the first write
+    other = f"from services.store import connect; connect({url!r}).kw['bind'].dispose()"  # migrate, probe, close
+    subprocess.run([sys.executable, "-c", other], check=True, timeout=120)
+    add("sw-after")
+    path = tmp_path / "cp.db"
+    seen = (
+        f"import sqlite3; print(sorted(r[0] for r in sqlite3.connect({str(path)!r}).execute('select id from sweeps')))"
+    )
+    out = subprocess.run([sys.executable, "-c", seen], capture_output=True, text=True)
+    assert out.stdout.strip() == "['sw-after', 'sw-before', 'sw-first']", out.stderr
