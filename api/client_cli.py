@@ -82,7 +82,7 @@ def results_table(res: dict[str, Any]) -> Table:
     caption += "; share lost: (myopic − vanilla) / (bigram − vanilla)" if bigram else ""
     caption += "; ÷ baseline: Huber/p over the trivial myopic baseline's (0 where z = 1, x where z = 0)" if dp else ""
     caption += "; bonus: the local myopia bonus, vanilla − local, 95% interval over seeds" if local else ""
-    caption += "; exact match: of the product, mean over seeds" if accuracy else ""
+    caption += "; exact match: of the product, mean over seeds (hardest: max × max digits)" if accuracy else ""
     table = Table(title="myopia gap (myopic − vanilla)", caption=caption)
     for name in [*columns, *(["drift (Holm-adjusted p)"] if drift else [])]:
         table.add_column(name, overflow="fold")  # a narrow terminal wraps a number; it never cuts it to "4.70…"
@@ -112,7 +112,14 @@ def results_table(res: dict[str, Any]) -> Table:
             row += [_number(s.get("local_loss_mean"), ".4f"), f"{_number(s.get('bonus'), '+.4f')} "
                     f"{_interval(s.get('bonus_ci95'), '')}".strip()]  # fmt: skip
         if accuracy:
-            row.append(", ".join(f"{arm} {a[0]:.3f}" for arm, a in (s.get("accuracy") or {}).items()) or "-")
+            hardest = s.get("accuracy_hardest") or {}
+            row.append(
+                ", ".join(
+                    f"{arm} {a[0]:.3f}" + (f" (hardest {hardest[arm][0]:.3f})" if arm in hardest else "")
+                    for arm, a in (s.get("accuracy") or {}).items()
+                )
+                or "-"
+            )
         if drift:
             moved = "yes" if s.get("drift") else "no"
             tested = f"{moved}, {s['test']}, p = {s['p_holm']:.3g}" if s.get("p_holm") is not None else s["test"]

@@ -61,6 +61,7 @@ def main() -> None:
         if run.status == "succeeded":
             by_pair[run.pair_id][run.arm] = run
     pairs = [arms for arms in by_pair.values() if {"vanilla", "myopic"} <= arms.keys()]
+    db.kw["bind"].dispose()  # read: no connection stays open beside the control plane's while the arms train
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.parallel) as pool:
         local = list(pool.map(lambda arms: train_local(arms["vanilla"], Path(tmp)), pairs))
     rows: dict[str, list] = defaultdict(list)

@@ -62,7 +62,9 @@ class SizeGap(BaseModel):
     share_lost_eval_ci95: Interval | None = None  # over held-out sequences (Fieller on block means)
     share_lost_note: str | None = None  # why an interval is missing (bigram − vanilla not significant)
     local_loss_mean: float | None = None
-    bonus: float | None = None  # the local myopia bonus: vanilla − local, mean over seeds (> 0: local is better)
+    # the local myopia bonus, vanilla − local, mean over seeds (> 0: local is better); a lower bound on the tied
+    # bonus: the local arm's fresh present is trained for the vanilla run's steps, not to its minimum
+    bonus: float | None = None
     bonus_ci95: Interval | None = None  # over seeds
     bonus_eval_ci95: Interval | None = None  # over held-out sequences
     # D_p: each arm's held-out Huber/p as a fraction of the trivial myopic baseline's on the same sequences
@@ -71,6 +73,7 @@ class SizeGap(BaseModel):
     # multiplication: each arm's exact-match accuracy, (mean, standard error, 95% interval) over seeds, and its mean
     # over seeds by operand digit counts ('3×2')
     accuracy: dict[str, tuple[float, float | None, Interval | None]] | None = None
+    accuracy_hardest: dict[str, tuple[float, float | None, Interval | None]] | None = None  # max × max digits
     accuracy_by_length: dict[str, dict[str, float | None]] | None = None
 
 

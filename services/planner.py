@@ -33,7 +33,7 @@ from services.presets import PRESETS, merge
 from trainers.corpora import corpus_names
 from trainers.models import PYTHIA_SIZES, SIZES, SizeName, count_params
 from trainers.myopic import AttentionMode
-from trainers.spec import RunSpec, Strict, check_matched, error_path
+from trainers.spec import RunSpec, Strict, check_matched, error_path, field_error
 
 # Fields of a RunSpec the request's axes or the service set; a template that sets them is refused.
 SET_ELSEWHERE = {
@@ -126,8 +126,9 @@ class SweepRequest(Strict):
 
     @model_validator(mode="after")
     def _arms_make_pairs(self) -> SweepRequest:
-        if "local" in self.arms and "vanilla" not in self.arms:
-            raise ValueError("arms: the local arm trains on its vanilla partner's past, so vanilla must run too")
+        if "local" in self.arms and not {"vanilla", "myopic"} <= set(self.arms):
+            raise field_error("arms", "the local arm trains on its vanilla partner's past and is reported beside "
+                              "the pair, so vanilla and myopic must run too")  # fmt: skip
         return self
 
     def template(self) -> dict[str, Any]:
@@ -204,6 +205,11 @@ def plan(request: SweepRequest, *, profile: str = "cpu", allowed_roots: list[Pat
                 raise InvalidRequest(errors)
             arms = {mode: base.arm(mode, "partner") for mode in ("vanilla", "myopic", "bigram", "local")}
             check_matched(*arms.values())
+            if "local" in request.arms:  # what the local arm refuses of the template (the `kv` variant), by path
+                try:
+                    RunSpec.model_validate(arms["local"].model_dump())
+                except ValidationError as e:
+                    raise InvalidRequest([(error_path(err, ("run",)), err["msg"]) for err in e.errors()]) from None
             pairs.append(PlannedPair(size, seed, {arm: arms[arm] for arm in request.arms}))
     labels: dict[str, str] = {}
     for pair in pairs:  # two sizes that the overrides turn into one model would be one row, and one run name

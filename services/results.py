@@ -108,6 +108,7 @@ def _accuracies(done: dict[str, Any]) -> dict[str, Any]:
         return {}
     return {
         "accuracy": {arm: e["accuracy"] for arm, e in evals.items()},
+        "accuracy_hardest": {arm: e.get("accuracy_hardest") for arm, e in evals.items()},
         "accuracy_by_length": {arm: e["accuracy_by_length"] for arm, e in evals.items()},
     }
 
@@ -143,6 +144,9 @@ def _size_row(size: str, group: list[dict[str, Any]]) -> SizeGap:
     if all("accuracy" in r for r in group):
         shared = set.intersection(*(set(r["accuracy"]) for r in group))
         row.accuracy = {arm: mean_interval([r["accuracy"][arm] for r in group]) for arm in sorted(shared)}
+        if all(r["accuracy_hardest"].get(arm) is not None for r in group for arm in shared):
+            hardest = {arm: [r["accuracy_hardest"][arm] for r in group] for arm in sorted(shared)}
+            row.accuracy_hardest = {arm: mean_interval(values) for arm, values in hardest.items()}
         row.accuracy_by_length = {arm: _mean_by_key([r["accuracy_by_length"][arm] for r in group]) for arm in shared}
     return row
 

@@ -221,6 +221,12 @@ def retry_run(db: sessionmaker, run_id: str) -> Run:
         run.attempt += 1
         run.failures, run.not_before = 0, None
         run.set_status(RunStatus.QUEUED, "retry requested")
+        if run.arm == "vanilla":  # a local arm failed for want of this partner waits for it again
+            for local in (r for r in run.pair.runs if r.arm == "local" and r.status == RunStatus.FAILED):
+                if "vanilla partner" in (local.error or ""):
+                    local.attempt += 1
+                    local.failures, local.not_before = 0, None
+                    local.set_status(RunStatus.QUEUED, f"its vanilla partner {run.id} is retried")
         if run.sweep.status in TERMINAL:
             run.sweep.status = RunStatus.RUNNING
     return get_run(db, run_id)

@@ -119,7 +119,8 @@ def synthetic_loss(model: torch.nn.Module, batches: Batches, n: int, p: float, l
 @torch.no_grad()
 def multiplication_eval(model: torch.nn.Module, batches: Batches, n: int, task: Any) -> dict:
     """Held-out cross-entropy on the product's digits (mean, per product digit, per sequence) and exact-match
-    accuracy, overall and by operand digit counts ('3×2': a 3-digit times a 2-digit operand)."""
+    accuracy: overall, by operand digit counts ('3×2': a 3-digit times a 2-digit operand; with the count of each),
+    and on the hardest, max_digits × max_digits (the paper's headline)."""
     from trainers.arithmetic import operand_lengths_key
 
     width = 2 * task.max_digits
@@ -145,6 +146,8 @@ def multiplication_eval(model: torch.nn.Module, batches: Batches, n: int, task: 
         "sequences": int(count.item()),
         "accuracy": float(tally[:, 0].sum() / tally[:, 1].sum()),
         "accuracy_by_length": {k: float(r / s) if s else None for k, (r, s) in zip(keys, tally.tolist(), strict=True)},
+        "count_by_length": {k: int(s) for k, (_, s) in zip(keys, tally.tolist(), strict=True)},
+        "accuracy_hardest": float(tally[-1, 0] / tally[-1, 1]) if tally[-1, 1] else None,
     }
 
 

@@ -67,11 +67,18 @@ def latest_checkpoint(storage: str, run_name: str) -> Path:
     return found[-1]
 
 
-def partner_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """A vanilla run's weights from its DeepSpeed checkpoint: the module's state (ZeRO 0–2), or the partitions
-    consolidated by DeepSpeed's own zero_to_fp32 (ZeRO-3, whose module state holds no weights)."""
-    states = checkpoint / CHECKPOINT_TAG / "mp_rank_00_model_states.pt"
-    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+def partner_weights(checkpoint: Path, steps: int) -> dict[str, torch.Tensor]:
+    """A vanilla run's final weights from its DeepSpeed checkpoint (refused unless written after `steps`, the run's
+    last step): the module's state (ZeRO 0–2), or the partitions consolidated by DeepSpeed's own zero_to_fp32
+    (ZeRO-3, whose module state holds no weights)."""
+    states = torch.load(
+        checkpoint / CHECKPOINT_TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
+    if states.get("step") != steps:
+        raise ValueError(
+            f"{checkpoint} is from step {states.get('step')}, not the run's last ({steps}): has it finished?"
+        )
+    module = states["module"]
     if any(t.numel() == 0 for t in module.values() if torch.is_tensor(t)):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -115,6 +115,8 @@ class AttentionSpec(Strict):
     def _local_needs_past(self) -> AttentionSpec:
         if self.mode == "local" and self.beta != 0.0:
             raise field_error("beta", "local attention takes the whole past from the frozen model: beta must be 0")
+        if self.mode == "local" and self.variant != "hidden":
+            raise field_error("variant", "the local arm projects the frozen model's states (the `hidden` variant)")
         if (self.past_from is not None) != (self.mode == "local"):
             raise field_error("past_from", "mode 'local', and only it, names the vanilla run whose past it reads")
         return self

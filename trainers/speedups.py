@@ -32,7 +32,7 @@ def speedups(spec: RunSpec, cuda: bool | None = None) -> Speedups:
     """The switches this worker turns on: the spec's, on a GPU worker."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     return Speedups(
-        compile=cuda and spec.train.compile,
+        compile=cuda and spec.train.compile and spec.attention.mode != "local",  # (its wrapper: not compiled, not run)
         fused_adamw=cuda and spec.optimizer.fused,
         # the local arm's wrapper computes its loss through the inner model's own head
         fused_loss=cuda

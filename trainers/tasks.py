@@ -72,7 +72,7 @@ class TextTask:
             return model
         frozen = fresh("vanilla")
         checkpoint = local.latest_checkpoint(run_storage(s.storage_path), a.past_from)
-        frozen.load_state_dict(local.partner_weights(checkpoint))
+        frozen.load_state_dict(local.partner_weights(checkpoint, s.train.steps))
         return local.LocalMyopic(model, frozen)
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[torch.Tensor]:
@@ -191,7 +191,8 @@ class MultiplicationTask:
         return batch.numel()
 
     def evaluate(self, model: Any, rank: int, world: int) -> dict:
-        ids, lengths = self.task.sample(self.spec.eval.held_out_sequences, torch.Generator().manual_seed(EVAL_SEED))
+        n, generator = self.spec.eval.held_out_sequences, torch.Generator().manual_seed(EVAL_SEED)
+        ids, lengths = self.task.sample(n, generator, held_out=True)
         mb, mine = self.spec.train.micro_batch, np.arange(len(ids))[rank::world]
         batches = [
             (mine[i : i + mb], (ids[mine[i : i + mb]], lengths[mine[i : i + mb]])) for i in range(0, len(mine), mb)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.arithmetic import EQUALS, TIMES, MultiplicationTask
+from trainers.arithmetic import EQUALS, TIMES, MultiplicationTask, is_held_out
 from trainers.spec import RunSpec, SpecError, parse_spec
 from trainers.tasks import make_task
 
@@ -29,6 +29,24 @@ def test_sequences_are_reversed_padded_products(max_digits, pad):
         assert len(str(a)) == la and len(str(b)) == lb  # the operand lengths the accuracy is broken down by
         assert (row[la:pad] == 0).all()  # the padding: zeros after the most significant digit (the fillers)
     assert set(lengths.flatten().tolist()) == set(range(1, max_digits + 1))
+
+
+def test_held_out_problems_are_never_trained_on():
+    """A tenth of the problems (a, b), chosen by a hash of the pair, are held out: no training sample holds one,
+    every held-out sample does (with 2-digit operands there are only 10⁴ problems: sampling alone would overlap)."""
+    task = MultiplicationTask(max_digits=2, pad=2)
+    g = torch.Generator().manual_seed(0)
+    a = torch.arange(100).repeat_interleave(100)
+    everything = is_held_out(torch.stack([a, torch.arange(100).repeat(100)], 1))
+    assert 0.08 < everything.float().mean() < 0.12  # about a tenth of the 10⁴ problems
+    train, _ = task.sample(20_000, g)
+    held, _ = task.sample(2_000, g, held_out=True)
+
+    def problems(ids: torch.Tensor) -> set[tuple[int, int]]:
+        return {(_number(r[:2]), _number(r[3:5])) for r in ids}
+
+    assert not problems(train) & problems(held)
+    assert len(problems(train)) > 5_000  # (a quarter of the draws are 2×2 problems, 8,100 of them: not all are drawn)
 
 
 def test_the_spec_checks_the_sequence_length_and_vocabulary():
@@ -95,4 +113,6 @@ def test_a_short_run_learns():
     assert result["loss"] < before["loss"] - 0.5
     assert result["accuracy_by_length"]["1×1"] > 0.2 > before["accuracy_by_length"]["1×1"]
     assert len(result["per_position"]) == 4 and len(result["per_sequence"]) == 512
+    assert sum(result["count_by_length"].values()) == 512
+    assert result["accuracy_hardest"] == result["accuracy_by_length"]["2×2"]
     assert np.isclose(result["loss"], np.mean(result["per_position"]))

@@ -83,7 +83,8 @@ def test_results_show_the_local_bonus_and_the_accuracies_averaged_over_seeds():
         return {
             "seed": seed, "n_params_nonembedding": 1000, "vanilla_loss": 1.0 + seed / 10, "myopic_loss": 1.2,
             "bigram_loss": None, "local_loss": 0.99 + seed / 10, "per_sequence": {},
-            "accuracy": acc, "accuracy_by_length": {arm: {"1×1": 1.0, "2×2": a} for arm, a in acc.items()},
+            "accuracy": acc, "accuracy_hardest": {arm: a / 2 for arm, a in acc.items()},
+            "accuracy_by_length": {arm: {"1×1": 1.0, "2×2": a} for arm, a in acc.items()},
         }  # fmt: skip
 
     row = _size_row("L4-d128-h4", [pair(0, {"vanilla": 0.5, "myopic": 0.4}), pair(1, {"vanilla": 0.7, "myopic": 0.4})])
@@ -93,4 +94,8 @@ def test_results_show_the_local_bonus_and_the_accuracies_averaged_over_seeds():
     console = Console(width=400, record=True)
     console.print(results_table({"sizes": [row.model_dump()]}))
     text = console.export_text()
-    assert "+0.0100" in text and "myopic 0.400, vanilla 0.600" in text and "local myopia bonus" in text
+    assert (
+        "+0.0100" in text
+        and "myopic 0.400 (hardest 0.200), vanilla 0.600 (hardest 0.300)" in text
+        and "local myopia bonus" in text
+    )

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from trainers.local import LocalMyopic, latest_checkpoint
+from trainers.local import LocalMyopic, latest_checkpoint, partner_weights
 from trainers.models import build_model
 from trainers.spec import RunSpec, SpecError, parse_spec
 
@@ -56,14 +56,16 @@ def test_local_reads_the_frozen_past_not_its_own():
     torch.testing.assert_close(a[:, 0], b[:, 0], rtol=0, atol=1e-12)
     assert (a[:, 1:] - b[:, 1:]).abs().amax() > 1e-6
 
-    embeds = trained.gpt_neox.embed_in(ids).detach().requires_grad_(True)
     local = LocalMyopic(trained, _model("vanilla", seed=1))
-    streams = local.frozen(ids, output_hidden_states=True).hidden_states
-    for layer, stream in zip(trained.gpt_neox.layers, streams, strict=False):
-        layer.attention.past = layer.input_layernorm(stream)
-    trained(inputs_embeds=embeds, use_cache=False).logits[:, -1].sum().backward()
-    assert embeds.grad[:, :-1].abs().amax() == 0  # the last position's loss reaches no earlier embedding
-    assert embeds.grad[:, -1].abs().amax() > 0
+    with torch.no_grad():  # evaluation runs the same computation: the frozen past, not vanilla's shortcut
+        torch.testing.assert_close(local.eval()(ids).logits, a, rtol=0, atol=1e-12)
+    embeds = []
+    hook = trained.gpt_neox.embed_in.register_forward_hook(lambda _m, _i, out: embeds.append(out) or out.retain_grad())
+    local.train()(ids).logits[:, -1].sum().backward()
+    hook.remove()
+    (grad,) = [e.grad for e in embeds]
+    assert grad[:, :-1].abs().amax() == 0  # the last position's loss reaches no earlier embedding of the trained model
+    assert grad[:, -1].abs().amax() > 0
 
 
 def test_local_spec_names_its_partner():
@@ -76,6 +78,7 @@ def test_local_spec_names_its_partner():
     assert "attention.past_from" in refused({"mode": "myopic", "past_from": "x"})
     assert "attention.beta" in refused({"mode": "local", "past_from": "x", "beta": 0.5})
     assert "attention.mode" in refused({"mode": "local", "past_from": "x"}, data="synthetic")
+    assert "attention.variant" in refused({"mode": "local", "past_from": "x", "variant": "kv"})
     ok = RunSpec.model_validate({"attention": {"mode": "local", "past_from": "sw-1-14m-s0-vanilla"}})
     vanilla = ok.arm("vanilla")
     assert vanilla.attention.past_from is None and vanilla.pair_hash() == ok.pair_hash()
@@ -89,3 +92,12 @@ def test_the_partner_checkpoint_is_its_newest_or_named_missing(tmp_path):
         (run / name).mkdir(parents=True)
     (run / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray Train's own file beside them
     assert latest_checkpoint(str(tmp_path), run.name).name == "checkpoint_2026-12-04_21-47-01.000001"
+
+
+def test_the_partner_weights_are_its_final_ones(tmp_path):
+    states = tmp_path / "ckpt"
+    states.mkdir()
+    torch.save({"module": {"w": torch.ones(2)}, "step": 200}, states / "mp_rank_00_model_states.pt")
+    assert torch.equal(partner_weights(tmp_path, 200)["w"], torch.ones(2))
+    with pytest.raises(ValueError, match="from step 200, not the run's last .300."):
+        partner_weights(tmp_path, 300)  # an intermediate checkpoint of a run still training

@@ -89,6 +89,9 @@ def test_finetune_checkpoint_pattern_substitutes_size_only():
         ({"seeds": [-1]}, "seeds.0"),
         ({"seeds": [2**63]}, "seeds.0"),
         ({"arms": ["vanilla", "sideways"]}, "arms.1"),
+        ({"arms": ["vanilla", "local"]}, "arms"),  # the local arm is reported beside the pair
+        ({"arms": ["vanilla", "myopic", "local"], "run": {"attention": {"variant": "kv"}}}, "run.attention.variant"),
+        ({"run": {"attention": {"past_from": "x"}}}, "run.attention.past_from"),
         ({"colour": "red"}, "colour"),
         ({"lr_scale": float("inf")}, "lr_scale"),
         ({"run": {"data": {"kind": "synthetic", "p": 1.5}}}, "run.data.p"),
