@@ -2,7 +2,7 @@
 frozen past (its final checkpoint), then the bonus (vanilla − local) per size with its intervals over seeds and over
 held-out sequences, next to the sweep's gap.
 
-    python bench/local_bonus.py SWEEP_ID --json docs/figures/local_bonus.json   [--parallel 2]
+    python bench/local_bonus.py SWEEP_ID --json docs/figures/local_bonus.json   [--parallel 2] [--sizes 0.1m 0.4m]
 
 The local arms are the sweep's vanilla specs with `attention.mode: local` and `past_from` the vanilla run (what a
 sweep with arms [vanilla, myopic, local] plans; here the vanilla runs already exist, so they are not trained again).
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("sweep")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--parallel", type=int, default=2, help="local arms trained at once (one core each)")
+    ap.add_argument("--sizes", nargs="*", help="only these sizes (labels) of the sweep")
     args = ap.parse_args()
     db = connect(Settings().database)
     sweep = get_sweep(db, args.sweep)
@@ -61,6 +62,7 @@ def main() -> None:
         if run.status == "succeeded":
             by_pair[run.pair_id][run.arm] = run
     pairs = [arms for arms in by_pair.values() if {"vanilla", "myopic"} <= arms.keys()]
+    pairs = [arms for arms in pairs if not args.sizes or _label(arms["vanilla"].spec) in args.sizes]
     db.kw["bind"].dispose()  # read: no connection stays open beside the control plane's while the arms train
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(args.parallel) as pool:
         local = list(pool.map(lambda arms: train_local(arms["vanilla"], Path(tmp)), pairs))

@@ -67,6 +67,11 @@ def text_loss(model: torch.nn.Module, batches: Batches, n: int, seq_len: int) ->
         sums += ce.sum(0).cpu()
         count += ids.shape[0]
         parts.append((idx, ce.mean(1).cpu()))
+    return _cross_entropy(sums, count, n, parts)
+
+
+def _cross_entropy(sums: torch.Tensor, count: torch.Tensor, n: int, parts: list) -> dict:
+    """Mean, per position and per sequence cross-entropy from this rank's sums, over all ranks."""
     _all_sum(sums), _all_sum(count)
     per_position = (sums / count).tolist()
     return {
@@ -137,13 +142,9 @@ def multiplication_eval(model: torch.nn.Module, batches: Batches, n: int, task: 
             right[key][1] += 1
     keys = [f"{a}×{b}" for a in range(1, task.max_digits + 1) for b in range(1, task.max_digits + 1)]
     tally = torch.tensor([right.get(k, [0.0, 0.0]) for k in keys], dtype=torch.float64)  # (keys, [right, seen])
-    _all_sum(sums), _all_sum(count), _all_sum(tally)
-    per_position = (sums / count).tolist()
+    _all_sum(tally)
     return {
-        "loss": float(np.mean(per_position)),
-        "per_position": per_position,
-        "per_sequence": _per_sequence(n, parts),
-        "sequences": int(count.item()),
+        **_cross_entropy(sums, count, n, parts),
         "accuracy": float(tally[:, 0].sum() / tally[:, 1].sum()),
         "accuracy_by_length": {k: float(r / s) if s else None for k, (r, s) in zip(keys, tally.tolist(), strict=True)},
         "count_by_length": {k: int(s) for k, (_, s) in zip(keys, tally.tolist(), strict=True)},

@@ -157,7 +157,7 @@ class DpTask:
         return evaluate.probe_table(trained_r2, evaluate.probe_r2(control, inputs, self.task.b))
 
 
-class MultiplicationTask:
+class ProductTask:
     """Reversed-digit products (`trainers.arithmetic`): a causal LM on 12 tokens, trained on fresh samples every
     step, with the loss on the product's digits only (the operands are random: nothing there to learn)."""
 
@@ -209,5 +209,5 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def make_task(spec: RunSpec) -> Task:
-    kinds = {"synthetic": DpTask, "multiplication": MultiplicationTask}
+    kinds = {"synthetic": DpTask, "multiplication": ProductTask}
     return kinds.get(spec.data.kind, TextTask)(spec)

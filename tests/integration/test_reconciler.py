@@ -16,7 +16,7 @@ from services.planner import SweepRequest
 from services.reconciler import Reconciler
 from services.settings import Settings
 from services.store import connect
-from services.sweeps import cancel_run, cancel_sweep, create_sweep, get_run, get_sweep
+from services.sweeps import cancel_run, cancel_sweep, create_sweep, get_run, get_sweep, retry_run
 from tests.integration.serving import until
 from trainers.job_protocol import progress_file, run_storage
 
@@ -268,6 +268,9 @@ def test_a_local_arm_waits_for_its_vanilla_partner_and_trains_on_its_past(head, 
     lost = next(r for r in get_sweep(db, doomed.id).runs if r.arm == "local")
     assert lost.status == "failed" and "vanilla partner" in lost.error and "cancelled" in lost.error
     assert lost.submission_id is None  # never submitted
+    retry_run(db, next(r.id for r in doomed.runs if r.arm == "vanilla"))  # the partner again: the local arm waits
+    assert get_run(db, lost.id).status == "queued"
+    cancel_sweep(db, doomed.id)
 
     until(lambda: get_sweep(db, sweep.id).status in ("succeeded", "failed"), tick=rec.tick, timeout=600)
     runs = {r.arm: get_run(db, r.id) for r in get_sweep(db, sweep.id).runs}

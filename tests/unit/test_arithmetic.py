@@ -64,17 +64,21 @@ def test_the_spec_checks_the_sequence_length_and_vocabulary():
     assert RunSpec.model_validate({"data": data, "train": {"seq_len": 24}}).data.seq_len == 24
 
 
-def test_exact_match_is_greedy_decoding():
-    """All product digits argmax-correct under teacher forcing iff greedy decoding writes the product."""
-    spec = RunSpec.model_validate(
+def _spec(layers: int, width: int, pad: int, batch: int, held_out: int) -> RunSpec:
+    """2-digit operands padded to `pad`, on a small GPT-NeoX."""
+    return RunSpec.model_validate(
         {
-            "model": {"overrides": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 1}},
-            "data": {"kind": "multiplication", "max_digits": 2, "pad": 3},
-            "train": {"seq_len": 12, "global_batch": 32, "micro_batch": 32},
-            "eval": {"held_out_sequences": 64},
+            "model": {"overrides": {"num_hidden_layers": layers, "hidden_size": width, "num_attention_heads": 1}},
+            "data": {"kind": "multiplication", "max_digits": 2, "pad": pad},
+            "train": {"global_batch": batch, "micro_batch": batch},
+            "eval": {"held_out_sequences": held_out},
         }
     )
-    task = make_task(spec)
+
+
+def test_exact_match_is_greedy_decoding():
+    """All product digits argmax-correct under teacher forcing iff greedy decoding writes the product."""
+    task = make_task(_spec(layers=1, width=32, pad=3, batch=32, held_out=64))
     torch.manual_seed(0)
     model = task.build_model().eval()
     ids, _ = task.task.sample(64, torch.Generator().manual_seed(1))
@@ -90,15 +94,7 @@ def test_exact_match_is_greedy_decoding():
 def test_a_short_run_learns():
     """The task, its loss and its evaluation in a few hundred steps: the loss falls, one-digit products start to
     come out right, and the evaluation breaks exact match down by operand lengths."""
-    spec = RunSpec.model_validate(
-        {
-            "model": {"overrides": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2}},
-            "data": {"kind": "multiplication", "max_digits": 2, "pad": 2},
-            "train": {"seq_len": 10, "global_batch": 64, "micro_batch": 64},
-            "eval": {"held_out_sequences": 512},
-        }
-    )
-    task = make_task(spec)
+    task = make_task(_spec(layers=2, width=64, pad=2, batch=64, held_out=512))
     torch.manual_seed(0)
     model = task.build_model()
     before = task.evaluate(model.eval(), 0, 1)
