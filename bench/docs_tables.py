@@ -84,10 +84,70 @@ def demo() -> list[str]:
     return lines
 
 
+DP_ARMS = {"vanilla": "vanilla", "myopic-hidden": "myopic, `hidden` (the paper's)", "myopic-kv": "myopic, `kv`"}
+
+
+def _mean_ci(values: list[float]) -> str:
+    """mean [95% t-interval over seeds], as bench/synthetic_cpu.py prints it."""
+    import synthetic_cpu
+
+    return synthetic_cpu.interval(values)
+
+
+def synthetic_cpu() -> list[str]:
+    """docs/results.md: the synthetic-cpu preset's table (bench/synthetic_cpu.py), the predict-zero level, and the
+    backbone ablation per seed."""
+    doc = load("synthetic_cpu.json")
+    zero, lags = doc["predict_zero"], 10
+    level = sum(zero[lags:]) / len(zero[lags:])
+    lines = [f"Predicting zero scores {sum(zero) / len(zero):.3f} over all positions and {level:.3f} on positions ≥ 10"]
+    for arm, runs in doc["runs"].items():
+        past = [sum(r["eval"]["per_position"][lags:]) / len(r["eval"]["per_position"][lags:]) for r in runs]
+        walls = [r["wall_s"] for r in runs]
+        lines.append(
+            f"| {DP_ARMS[arm]} | {_mean_ci([r['eval']['huber_over_p'] for r in runs])} | {_mean_ci(past)} | "
+            f"{_mean_ci([p / level for p in past])} | {min(walls):.0f}–{max(walls):.0f} s |"
+        )
+    for name, file in (("parallel residual (GPT-NeoX; the preset)", "synthetic_cpu.json"),
+                       ("sequential blocks (GPT-2's)", "synthetic_cpu_sequential.json")):  # fmt: skip
+        runs = load(file)["runs"]
+        cells = []
+        for arm in ("vanilla", "myopic-hidden"):
+            per_seed = []
+            for r in runs[arm]:
+                past = sum(r["eval"]["per_position"][lags:]) / len(r["eval"]["per_position"][lags:])
+                per_seed.append(f"{r['eval']['huber_over_p']:.3f} ({past / level:.3f})")
+            cells.append(", ".join(per_seed))
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def local_bonus() -> list[str]:
+    """docs/results.md: the local myopia bonus on the cpu-ladder (bench/local_bonus.py)."""
+    import sweep_report
+
+    return sweep_report.bonus_table({"sizes": load("local_bonus.json")["sizes"]})
+
+
+def multiplication() -> list[str]:
+    """docs/results.md: multiplication with and without filler positions (bench/filler_report.py)."""
+    import filler_report
+
+    return filler_report.tables(load("multiplication.json"))
+
+
+def context() -> list[str]:
+    """docs/results.md: the context-cpu sweep's tables (bench/sweep_report.py)."""
+    import sweep_report
+
+    res = load("context.json")["results"]
+    return [line for table in (sweep_report.size_table, sweep_report.band_table) for line in table(res)]
+
+
 RENDERERS = {
     "docs/performance.md": bench_cpu,
     "docs/science.md": lambda: dp_baseline() + interval_coverage(),
-    "docs/results.md": lambda: cpu_ladder() + demo(),
+    "docs/results.md": lambda: synthetic_cpu() + cpu_ladder() + demo() + local_bonus() + multiplication() + context(),
 }
 
 
