@@ -141,7 +141,10 @@ def context() -> list[str]:
     import sweep_report
 
     res = load("context.json")["results"]
-    return [line for table in (sweep_report.size_table, sweep_report.band_table) for line in table(res)]
+    lines = [line for table in (sweep_report.size_table, sweep_report.band_table) for line in table(res)]
+    with_bigram = sorted((p for p in res["pairs"] if p["bigram_loss"] is not None), key=lambda p: p["seed"])
+    lines.append("; ".join(f"seed {p['seed']}: {p['bigram_loss'] - p['vanilla_loss']:+.3f}" for p in with_bigram))
+    return lines
 
 
 RENDERERS = {
