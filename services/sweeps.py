@@ -210,6 +210,13 @@ def cancel_run(db: sessionmaker, run_id: str) -> Run:
     return get_run(db, run_id)
 
 
+def _requeue(run: Run, why: str) -> None:
+    """Back to the queue as a new attempt, with a fresh failure count and no backoff."""
+    run.attempt += 1
+    run.failures, run.not_before = 0, None
+    run.set_status(RunStatus.QUEUED, why)
+
+
 def retry_run(db: sessionmaker, run_id: str) -> Run:
     """A failed or cancelled run goes back to the queue as a new attempt (it resumes from its checkpoint)."""
     with db.begin() as s:
@@ -218,15 +225,11 @@ def retry_run(db: sessionmaker, run_id: str) -> Run:
             raise Conflict(f"run {run_id} is {run.status}; only a failed or cancelled run can be retried")
         if run.job_live:
             raise Conflict(f"run {run_id}'s job is still being stopped; retry it in a few seconds")
-        run.attempt += 1
-        run.failures, run.not_before = 0, None
-        run.set_status(RunStatus.QUEUED, "retry requested")
+        _requeue(run, "retry requested")
         if run.arm == "vanilla":  # a local arm failed for want of this partner waits for it again
             for local in (r for r in run.pair.runs if r.arm == "local" and r.status == RunStatus.FAILED):
                 if "vanilla partner" in (local.error or ""):
-                    local.attempt += 1
-                    local.failures, local.not_before = 0, None
-                    local.set_status(RunStatus.QUEUED, f"its vanilla partner {run.id} is retried")
+                    _requeue(local, f"its vanilla partner {run.id} is retried")
         if run.sweep.status in TERMINAL:
             run.sweep.status = RunStatus.RUNNING
     return get_run(db, run_id)

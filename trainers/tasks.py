@@ -61,16 +61,10 @@ class TextTask:
         if s.protocol.kind == "finetune":
             return load_model(s.protocol.checkpoint, attention=a.mode, variant=a.variant, beta=a.beta)
 
-        def fresh(mode: str) -> torch.nn.Module:
-            return build_model(
-                s.model.size, attention=mode, variant=a.variant, beta=a.beta, vocab_size=s.model.vocab_size,
-                **s.model.overrides,
-            )  # fmt: skip
-
-        model = fresh(a.mode)  # first: the same initial weights as every arm of the seed
+        model = _fresh(s, a.mode, s.model.vocab_size)  # first: the same initial weights as every arm of the seed
         if a.mode != "local":
             return model
-        frozen = fresh("vanilla")
+        frozen = _fresh(s, "vanilla", s.model.vocab_size)
         checkpoint = local.latest_checkpoint(run_storage(s.storage_path), a.past_from)
         frozen.load_state_dict(local.partner_weights(checkpoint, s.train.steps))
         return local.LocalMyopic(model, frozen)
@@ -169,15 +163,7 @@ class ProductTask:
         self.task = arithmetic.MultiplicationTask(max_digits=d.max_digits, pad=d.pad)
 
     def build_model(self) -> torch.nn.Module:
-        s, a = self.spec, self.spec.attention
-        return build_model(
-            s.model.size,
-            attention=a.mode,
-            variant=a.variant,
-            beta=a.beta,
-            vocab_size=arithmetic.VOCAB,
-            **s.model.overrides,
-        )
+        return _fresh(self.spec, self.spec.attention.mode, arithmetic.VOCAB)
 
     def micro_batches(self, step: int, rank: int, world: int) -> list[torch.Tensor]:
         t = self.spec.train
@@ -201,6 +187,14 @@ class ProductTask:
 
     def analyse(self, weights: dict[str, torch.Tensor]) -> None:
         return None
+
+
+def _fresh(spec: RunSpec, mode: str, vocab_size: int | None) -> torch.nn.Module:
+    """A freshly initialised causal LM of the spec's shape in attention mode `mode`."""
+    a = spec.attention
+    return build_model(
+        spec.model.size, attention=mode, variant=a.variant, beta=a.beta, vocab_size=vocab_size, **spec.model.overrides
+    )
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
