@@ -1,5 +1,7 @@
-# Everything a fresh machine needs is installed here, pinned: torch from pip first (the CPU wheel these machines
-# carry; uv does not see it), then the locked set, then this project (editable, for the `myopia` script).
+# Everything a fresh machine needs is installed here, pinned: torch's CPU build from pip first, then the locked set,
+# then this project (editable, for the `myopia` script). PyPI's Linux torch is the CUDA build (several GB of NVIDIA
+# wheels), so the CPU build is asked for by name: from a wheel directory pip already knows (these machines carry
+# one; uv does not see it), else from PyTorch's CPU index.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install postgres demo test test-fast lint format bench docs-figures gpu-check gpu-wheelhouse locks up down clean
+.PHONY: install torch-cpu postgres demo test test-fast lint format bench docs-figures gpu-check gpu-wheelhouse locks up down clean
 
 install: $(STAMP)
 
@@ -19,10 +21,17 @@ $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==26.3
-	$(BIN)/pip install -q torch==2.13.0
+	$(MAKE) --no-print-directory torch-cpu
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+TORCH := torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+torch-cpu:
+	@$(BIN)/pip install -q $(PIP_FLAGS) $(TORCH) 2>/dev/null && echo "$(TORCH): from a local wheel directory" || { \
+		echo "$(TORCH): no local wheel; from $(TORCH_INDEX)"; \
+		$(BIN)/pip install -q $(PIP_FLAGS) $(TORCH) --extra-index-url $(TORCH_INDEX); }
 
 demo: install
 	$(BIN)/myopia demo --json-out $(MYOPIA_DATA_DIR)/demo-results.json

@@ -25,7 +25,8 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None, head:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.db = connect(settings.database)  # migrates: a restarted control plane finds its sweeps
+        # migrates (unless MYOPIA_MIGRATE_ON_START=false): a restarted control plane finds its sweeps
+        app.state.db = connect(settings.database, settings.migrate_on_start)
         background = control_plane(app.state.db, settings, jobs, head)
         app.state.background = background
         background.start()
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None, head:
     errors.install(app)
     metrics.install(app)
     app.add_middleware(
-        RequestGuard, token=settings.api_token, max_body=settings.max_request_bytes, protected=("/v1", "/metrics")
+        RequestGuard, tokens=settings.api_tokens, max_body=settings.max_request_bytes, protected=("/v1", "/metrics")
     )
     v1 = APIRouter(prefix="/v1", responses={401: {"model": ErrorOut}, 413: {"model": ErrorOut}})
     for module in (sweeps, runs, schedules):

@@ -186,6 +186,43 @@ def data_prepare(corpus: str) -> None:
     )
 
 
+@main.group()
+def db() -> None:
+    """The store's schema (MYOPIA_DATABASE_URL, else SQLite in the data dir): its version, and upgrades."""
+
+
+@db.command("current")
+def db_current() -> None:
+    """The store's schema version, and the one this code needs."""
+    from services.settings import Settings
+    from services.store import current_revision, head_revision
+
+    url = Settings().database
+    have, need = current_revision(url), head_revision()
+    console.print(
+        f"store {have or 'empty'}, this version needs {need}" + ("" if have == need else ": `myopia db upgrade`")
+    )
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="the migration to upgrade to")
+def db_upgrade(revision: str) -> None:
+    """Migrate the store to this version's schema. Run it once per upgrade, before the new control plane starts
+    (with MYOPIA_MIGRATE_ON_START=false there, nothing else migrates); back the store up first."""
+    from alembic.util import CommandError
+
+    from services.settings import Settings
+    from services.store import current_revision, migrate
+
+    url = Settings().database
+    before = current_revision(url)
+    try:
+        migrate(url, revision)
+    except CommandError as e:
+        raise click.ClickException(str(e)) from None
+    console.print(f"store {before or 'empty'} → {current_revision(url)}")
+
+
 def _preset_run(name: str, size: str | None, seed: int | None):
     from services.planner import preset_run, profile_of
     from services.settings import Settings

@@ -1,4 +1,5 @@
-"""`myopia sweep …` and `myopia run …`: the REST API from the command line (MYOPIA_API_URL, MYOPIA_API_TOKEN)."""
+"""`myopia sweep|run|schedule …`: the REST API from the command line. Every command takes --url and --token (their
+defaults: MYOPIA_API_URL, MYOPIA_API_TOKEN) and -o json|table; request files are YAML or JSON."""
 
 from __future__ import annotations
 
@@ -6,19 +7,21 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 import httpx
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console(width=None if sys.stdout.isatty() else 140)  # a log or a pipe gets whole table rows
 TERMINAL = {"succeeded", "failed", "cancelled"}
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,14 @@ class Api:
 
     @classmethod
     def from_env(cls) -> Api:
-        return cls(os.environ.get("MYOPIA_API_URL", "http://127.0.0.1:8000"), os.environ.get("MYOPIA_API_TOKEN"))
+        """The command's --url/--token (click fills them from MYOPIA_API_URL/MYOPIA_API_TOKEN); outside a command,
+        the environment."""
+        ctx = click.get_current_context(silent=True)
+        given = (ctx.obj if ctx and isinstance(ctx.obj, dict) else None) or {}
+        url = given.get("url") or os.environ.get("MYOPIA_API_URL") or DEFAULT_URL
+        token = given.get("token") or os.environ.get("MYOPIA_API_TOKEN")
+        token = (token or "").strip() or None  # `$(cat token-file)` keeps no newline, a Secret's env var may
+        return cls(url.rstrip("/"), token)
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -51,6 +61,39 @@ class Api:
 
 def _call(method: str, path: str, **kw: Any) -> httpx.Response:
     return Api.from_env().call(method, path, **kw)
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.ensure_object(dict)[param.name] = value
+    return value
+
+
+def client(f: Callable) -> Callable:
+    """--url, --token and -o on a command that talks to the control plane."""
+    options = (
+        click.option("--url", envvar="MYOPIA_API_URL", default=DEFAULT_URL, show_default=True, expose_value=False,
+                     callback=_remember, help="the control plane's API (env MYOPIA_API_URL)"),
+        click.option("--token", envvar="MYOPIA_API_TOKEN", expose_value=False, callback=_remember,
+                     help="its bearer token (env MYOPIA_API_TOKEN)"),
+        click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                     expose_value=False, callback=_remember, help="a table for people, or the API's JSON"),
+    )  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def as_json() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and isinstance(ctx.obj, dict) and ctx.obj.get("output") == "json")
+
+
+def show(data: Any, render: Callable[[Any], Any]) -> None:
+    """The API's JSON with -o json, else what `render` makes of it (a table or a line)."""
+    if as_json():
+        click.echo(json.dumps(data, indent=1))
+    else:
+        console.print(render(data))
 
 
 def runs_table(sweep: dict[str, Any]) -> Table:
@@ -162,27 +205,34 @@ def sweep() -> None:
     """Scaling sweeps on the control plane."""
 
 
+def read_request(path: str) -> dict[str, Any]:
+    """A request file: YAML or JSON (JSON is read as JSON, so its errors name JSON's positions)."""
+    text = Path(path).read_text()
+    try:
+        body = json.loads(text) if Path(path).suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        kind = "JSON" if Path(path).suffix == ".json" else "YAML"
+        raise click.ClickException(f"{path} is not {kind}: {e}") from None
+    if not isinstance(body, dict):
+        raise click.ClickException(f"{path}: a request is a mapping of fields, not {type(body).__name__}")
+    return body
+
+
 def request_body(request_file: str | None, preset: str | None, name: str | None = None) -> dict[str, Any]:
-    """A sweep request from a JSON file and/or a preset name (the file's fields override the preset's)."""
+    """A sweep request from a YAML/JSON file and/or a preset name (the file's fields override the preset's)."""
     if not (request_file or preset):
         raise click.UsageError("give a REQUEST_FILE, a --preset, or both")
-    body: dict[str, Any] = {}
-    if request_file:
-        try:
-            body = json.loads(Path(request_file).read_text())
-        except json.JSONDecodeError as e:
-            raise click.ClickException(f"{request_file} is not JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise click.ClickException(f"{request_file}: a sweep request is a JSON object")
+    body = read_request(request_file) if request_file else {}
     body.update({k: v for k, v in {"preset": preset, "name": name}.items() if v})
     return body
 
 
 PRESET_HELP = "a named sweep (`myopia presets`); the file's fields override it"
+REQUEST_FILE = click.argument("request_file", required=False, type=click.Path(exists=True, dir_okay=False))
 
 
 @sweep.command("plan")
-@click.argument("request_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@REQUEST_FILE
 @click.option("--preset", help=PRESET_HELP)
 @click.option(
     "--profile", help="resource profile of cluster/resources.yaml (default: MYOPIA_RESOURCE_PROFILE, as the server)"
@@ -211,23 +261,25 @@ def sweep_plan(request_file: str | None, preset: str | None, profile: str | None
 
 
 @sweep.command("submit")
-@click.argument("request_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@REQUEST_FILE
 @click.option("--preset", help=PRESET_HELP)
 @click.option("--name", help="override the request's name")
 @click.option("--key", help="Idempotency-Key: submitting the same key again returns the same sweep")
 @click.option("--wait", is_flag=True, help="follow the sweep until it ends, then print the gap table")
+@client
 def sweep_submit(request_file: str | None, preset: str | None, name: str | None, key: str | None, wait: bool) -> None:
-    """Submit the sweep request in REQUEST_FILE (JSON) and/or a --preset."""
-    s = submit(Api.from_env(), request_body(request_file, preset, name), key)
+    """Submit the sweep request in REQUEST_FILE (YAML or JSON) and/or a --preset."""
+    s = submit(Api.from_env(), request_body(request_file, preset, name), key, quiet=as_json())
     if wait:
-        s = follow(Api.from_env(), s["id"])
-        console.print(runs_table(s))
-        console.print(results_table(_call("GET", f"/v1/sweeps/{s['id']}/results").json()))
+        watch(s["id"])
+    elif as_json():
+        click.echo(json.dumps(s, indent=1))
 
 
-def submit(api: Api, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+def submit(api: Api, body: dict[str, Any], key: str | None = None, quiet: bool = False) -> dict[str, Any]:
     s = api.call("POST", "/v1/sweeps", json=body, headers={"Idempotency-Key": key} if key else {}).json()
-    console.print(f"sweep {s['id']}: {len(s['runs'])} runs, {s['status']}")
+    if not quiet:
+        console.print(f"sweep {s['id']}: {len(s['runs'])} runs, {s['status']}")
     return s
 
 
@@ -242,7 +294,7 @@ def follow(api: Api, *sweep_ids: str, every: float = 3.0) -> dict[str, Any]:
         TimeElapsedColumn(),
     )
     bars: dict[str, Any] = {}
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=console, disable=as_json()) as progress:
         while True:
             sweeps = [api.call("GET", f"/v1/sweeps/{i}").json() for i in sweep_ids]
             for r in (r for s in sweeps for r in s["runs"]):
@@ -258,37 +310,89 @@ def follow(api: Api, *sweep_ids: str, every: float = 3.0) -> dict[str, Any]:
             time.sleep(every)
 
 
+def watch(sweep_id: str) -> None:
+    """Follow a sweep to its end, then its runs and its gap table (with -o json: {"sweep", "results"})."""
+    s = follow(Api.from_env(), sweep_id)
+    res = _call("GET", f"/v1/sweeps/{sweep_id}/results").json()
+    if as_json():
+        click.echo(json.dumps({"sweep": s, "results": res}, indent=1))
+        return
+    console.print(runs_table(s))
+    console.print(results_table(res))
+
+
+@sweep.command("watch")
+@click.argument("sweep_id")
+@client
+def sweep_watch(sweep_id: str) -> None:
+    """Follow a sweep already submitted (after `submit` without --wait, or a closed terminal) until it ends, with a
+    bar per run, then print its gap table."""
+    watch(sweep_id)
+
+
 @sweep.command("list")
+@client
 def sweep_list() -> None:
-    table = Table("sweep", "name", "status", "runs", "created (UTC)")
-    for s in pages("/v1/sweeps"):
-        runs = ", ".join(f"{n} {status}" for status, n in sorted(s["runs_by_status"].items()))
-        table.add_row(s["id"], s["name"], s["status"], runs, s["created_at"][:19])
-    console.print(table)
+    """Every sweep, newest first, with its runs counted by status."""
+
+    def render(items: list[dict]) -> Table:
+        table = Table("sweep", "name", "status", "runs", "created (UTC)")
+        for s in items:
+            runs = ", ".join(f"{n} {status}" for status, n in sorted(s["runs_by_status"].items()))
+            table.add_row(s["id"], s["name"], s["status"], runs, s["created_at"][:19])
+        return table
+
+    show(list(pages("/v1/sweeps")), render)
 
 
 @sweep.command("show")
 @click.argument("sweep_id")
+@client
 def sweep_show(sweep_id: str) -> None:
-    console.print(runs_table(_call("GET", f"/v1/sweeps/{sweep_id}").json()))
+    """A sweep's runs: size, seed, arm, status, attempt."""
+    show(_call("GET", f"/v1/sweeps/{sweep_id}").json(), runs_table)
 
 
 @sweep.command("cancel")
 @click.argument("sweep_id")
+@client
 def sweep_cancel(sweep_id: str) -> None:
-    console.print(f"sweep {sweep_id}: {_call('POST', f'/v1/sweeps/{sweep_id}/cancel').json()['status']}")
+    """Cancel a sweep's unfinished runs (their jobs are stopped); finished runs keep their results."""
+    show(_call("POST", f"/v1/sweeps/{sweep_id}/cancel").json(), lambda s: f"sweep {sweep_id}: {s['status']}")
+
+
+@sweep.command("delete")
+@click.argument("sweep_id")
+@click.option("--yes", is_flag=True, help="do not ask")
+@client
+def sweep_delete(sweep_id: str, yes: bool) -> None:
+    """Delete an ended sweep for good: its runs, their MLflow runs and checkpoints (cancel it first if it runs)."""
+    if not yes:
+        click.confirm(f"delete sweep {sweep_id}, its MLflow runs and its checkpoints?", abort=True)
+    show(
+        _call("DELETE", f"/v1/sweeps/{sweep_id}").json(),
+        lambda d: f"sweep {sweep_id} deleted: {d['mlflow_runs_deleted']} MLflow runs, {d['checkpoints_deleted']} "
+        "checkpoint folders" + (f"; not reachable from the control plane, remove there: "
+                                f"{', '.join(d['storage_not_reachable'])}" if d["storage_not_reachable"] else ""),
+    )  # fmt: skip
 
 
 @sweep.command("results")
 @click.argument("sweep_id")
 @click.option("--png", type=click.Path(dir_okay=False), help="also save the plot here")
+@client
 def sweep_results(sweep_id: str, png: str | None) -> None:
+    """The gap table per size (intervals over seeds and held-out sequences) and the fits against scale."""
     res = _call("GET", f"/v1/sweeps/{sweep_id}/results").json()
+    if png:
+        Path(png).write_bytes(_call("GET", f"/v1/sweeps/{sweep_id}/results.png").content)
+    if as_json():
+        click.echo(json.dumps(res, indent=1))
+        return
     console.print(results_table(res))
     for line in fit_lines(res):
         console.print(line)
     if png:
-        Path(png).write_bytes(_call("GET", f"/v1/sweeps/{sweep_id}/results.png").content)
         console.print(f"plot: {png}")
 
 
@@ -299,32 +403,56 @@ def run() -> None:
 
 @run.command("show")
 @click.argument("run_id")
+@client
 def run_show(run_id: str) -> None:
-    r = _call("GET", f"/v1/runs/{run_id}").json()
-    console.print(f"{r['id']} ({r['arm']}, {r['size']}, seed {r['seed']}): {r['status']}, attempt {r['attempt']}")
-    for e in r["events"]:
-        console.print(f"  {e['at'][:19]}  attempt {e['attempt']}  {e['status']}  {e['message'] or ''}")
-    if r["error"]:
-        console.print(f"error: {r['error']}")
+    """A run's status, attempt, history and error."""
+
+    def render(r: dict) -> str:
+        lines = [f"{r['id']} ({r['arm']}, {r['size']}, seed {r['seed']}): {r['status']}, attempt {r['attempt']}"]
+        lines += [f"  {e['at'][:19]}  attempt {e['attempt']}  {e['status']}  {e['message'] or ''}" for e in r["events"]]
+        return "\n".join(lines + ([f"error: {r['error']}"] if r["error"] else []))
+
+    show(_call("GET", f"/v1/runs/{run_id}").json(), render)
 
 
 @run.command("logs")
 @click.argument("run_id")
-def run_logs(run_id: str) -> None:
-    click.echo(_call("GET", f"/v1/runs/{run_id}/logs").text)
+@click.option("--tail", type=click.IntRange(1, 2**20), default=64 * 1024, show_default=True,
+              help="the last bytes of the log")  # fmt: skip
+@click.option("-f", "--follow", "follow_log", is_flag=True, help="keep printing as the log grows, until the run ends")
+@client
+def run_logs(run_id: str, tail: int, follow_log: bool) -> None:
+    """The current attempt's job log (its tail), or with --follow, followed to the run's end."""
+    api = Api.from_env()
+    r = api.call("GET", f"/v1/runs/{run_id}/logs", params={"tail": tail})
+    click.echo(r.text, nl=False)
+    at = int(r.headers.get("x-log-size", len(r.content)))
+    while follow_log:
+        piece = api.call("GET", f"/v1/runs/{run_id}/logs", params={"offset": at, "length": 2**20})
+        if piece.content:
+            click.echo(piece.text, nl=False)
+            at += len(piece.content)
+            continue
+        if api.call("GET", f"/v1/runs/{run_id}").json()["status"] in TERMINAL:
+            return
+        time.sleep(2)
 
 
 @run.command("cancel")
 @click.argument("run_id")
+@client
 def run_cancel(run_id: str) -> None:
-    console.print(f"run {run_id}: {_call('POST', f'/v1/runs/{run_id}/cancel').json()['status']}")
+    """Cancel one run (its job is stopped)."""
+    show(_call("POST", f"/v1/runs/{run_id}/cancel").json(), lambda r: f"run {run_id}: {r['status']}")
 
 
 @run.command("retry")
 @click.argument("run_id")
+@client
 def run_retry(run_id: str) -> None:
-    r = _call("POST", f"/v1/runs/{run_id}/retry").json()
-    console.print(f"run {run_id}: {r['status']} (attempt {r['attempt']})")
+    """Queue a failed or cancelled run again, as a new attempt that resumes from its checkpoint."""
+    show(_call("POST", f"/v1/runs/{run_id}/retry").json(),
+         lambda r: f"run {run_id}: {r['status']} (attempt {r['attempt']})")  # fmt: skip
 
 
 @click.group()
@@ -332,35 +460,93 @@ def schedule() -> None:
     """Sweeps rerun on a cron schedule (UTC)."""
 
 
+CRON = "five-field cron expression, UTC, e.g. '0 3 * * 1'"
+TEMPLATE = click.option("--template", "template_file", type=click.Path(exists=True, dir_okay=False),
+                        help="a sweep request (YAML or JSON), as for `myopia sweep submit`")  # fmt: skip
+
+
+def _schedule_line(s: dict) -> str:
+    return f"schedule {s['id']} ({s['name']}): {s['cron']}" + (" (paused)" if s["paused"] else "")
+
+
 @schedule.command("add")
 @click.argument("name")
-@click.option("--cron", required=True, help="five-field cron expression, UTC, e.g. '0 3 * * 1'")
-@click.option(
-    "--template",
-    "template_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="a sweep request (JSON), as for `myopia sweep submit`",
-)
-def schedule_add(name: str, cron: str, template_file: str) -> None:
-    try:
-        template = json.loads(Path(template_file).read_text())
-    except json.JSONDecodeError as e:
-        raise click.ClickException(f"{template_file} is not JSON: {e}") from None
-    s = _call("POST", "/v1/schedules", json={"name": name, "cron": cron, "template": template}).json()
-    console.print(f"schedule {s['id']}: {s['cron']}")
+@click.option("--cron", required=True, help=CRON)
+@TEMPLATE
+@click.option("--preset", help=PRESET_HELP)
+@client
+def schedule_add(name: str, cron: str, template_file: str | None, preset: str | None) -> None:
+    """Rerun a sweep request (a --template file and/or a --preset) on a cron schedule."""
+    if not (template_file or preset):
+        raise click.UsageError("give a --template file, a --preset, or both")
+    template = request_body(template_file, preset)
+    template.setdefault("name", name)
+    show(_call("POST", "/v1/schedules", json={"name": name, "cron": cron, "template": template}).json(),
+         _schedule_line)  # fmt: skip
 
 
 @schedule.command("list")
+@client
 def schedule_list() -> None:
-    table = Table("schedule", "name", "cron", "last fired", "last sweep")
-    for s in pages("/v1/schedules"):
-        table.add_row(s["id"], s["name"], s["cron"], (s["last_fired_at"] or "-")[:19], s["last_sweep_id"] or "-")
-    console.print(table)
+    """Every schedule with its cron, when it last fired and its last sweep."""
+
+    def render(items: list[dict]) -> Table:
+        table = Table("schedule", "name", "cron", "paused", "last fired", "last sweep")
+        for s in items:
+            table.add_row(s["id"], s["name"], s["cron"], "yes" if s["paused"] else "no",
+                          (s["last_fired_at"] or "-")[:19], s["last_sweep_id"] or "-")  # fmt: skip
+        return table
+
+    show(list(pages("/v1/schedules")), render)
+
+
+@schedule.command("edit")
+@click.argument("schedule_id")
+@click.option("--name", help="a new name")
+@click.option("--cron", help=CRON + "; it fires from its next tick")
+@TEMPLATE
+@click.option("--preset", help=PRESET_HELP)
+@client
+def schedule_edit(schedule_id: str, name: str | None, cron: str | None, template_file: str | None,
+                  preset: str | None) -> None:  # fmt: skip
+    """Change a schedule's name, cron or template (a template that does not plan changes nothing)."""
+    body: dict[str, Any] = {k: v for k, v in {"name": name, "cron": cron}.items() if v}
+    if template_file or preset:
+        body["template"] = request_body(template_file, preset)
+    if not body:
+        raise click.UsageError("nothing to change: give --name, --cron, --template or --preset")
+    show(_call("PATCH", f"/v1/schedules/{schedule_id}", json=body).json(), _schedule_line)
+
+
+@schedule.command("pause")
+@click.argument("schedule_id")
+@client
+def schedule_pause(schedule_id: str) -> None:
+    """Stop a schedule firing, keeping it (resume it later)."""
+    show(_call("PATCH", f"/v1/schedules/{schedule_id}", json={"paused": True}).json(), _schedule_line)
+
+
+@schedule.command("resume")
+@click.argument("schedule_id")
+@client
+def schedule_resume(schedule_id: str) -> None:
+    """Let a paused schedule fire again, from its next tick (the ticks it missed are skipped)."""
+    show(_call("PATCH", f"/v1/schedules/{schedule_id}", json={"paused": False}).json(), _schedule_line)
+
+
+@schedule.command("run-now")
+@click.argument("schedule_id")
+@client
+def schedule_run_now(schedule_id: str) -> None:
+    """Submit one sweep of the schedule's template now; its cron goes on as before."""
+    show(_call("POST", f"/v1/schedules/{schedule_id}/run").json(),
+         lambda s: f"sweep {s['id']}: {len(s['runs'])} runs, {s['status']}")  # fmt: skip
 
 
 @schedule.command("delete")
 @click.argument("schedule_id")
+@client
 def schedule_delete(schedule_id: str) -> None:
+    """Delete a schedule (its sweeps stay)."""
     _call("DELETE", f"/v1/schedules/{schedule_id}")
-    console.print(f"schedule {schedule_id} deleted")
+    show({"id": schedule_id, "deleted": True}, lambda _: f"schedule {schedule_id} deleted")

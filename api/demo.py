@@ -58,14 +58,27 @@ def stop(server: subprocess.Popen) -> None:
             server.wait()
 
 
+# The demo runs on embedded defaults whatever the shell exported for another control plane: a token would make its
+# own server refuse its client (401), a cluster address would send its runs there, another store or tracking server
+# would get its sweeps. Only where data lives and how many runs at once carry over.
+KEPT = ("MYOPIA_DATA_DIR", "MYOPIA_MAX_CONCURRENT_RUNS")
+FOREIGN = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN")
+
+
+def demo_env(environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """`environ` without what would point the demo elsewhere."""
+    return {k: v for k, v in environ.items() if k in KEPT or not (k.startswith("MYOPIA_") or k in FOREIGN)}
+
+
 @contextmanager
 def control_plane(port: int, env: dict[str, str], log: Path) -> Iterator[Api]:
-    """`myopia serve` as a child process with `env` over this one's; stopped on exit."""
+    """`myopia serve` as a child process with `env` over this one's (less what points elsewhere); stopped on
+    exit."""
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
-            env={**os.environ, **env},
+            env={**demo_env(os.environ), **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -78,7 +91,7 @@ def control_plane(port: int, env: dict[str, str], log: Path) -> Iterator[Api]:
 
 
 def run_demo(port: int = 0, json_out: str | None = None) -> dict[str, Any]:
-    settings = Settings()
+    settings = Settings.model_construct(data_dir=Settings().data_dir)  # the child's: embedded defaults
     # the text sweep's corpora and the tokenizer (once; then cached)
     corpora.fetch(corpora.corpus_names(LADDER_CORPUS) or [], log=console.print)
     out_dir = settings.data_dir.expanduser() / "demo"

@@ -15,15 +15,16 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message],
 
 class RequestGuard:
     def __init__(
-        self, app: ASGIApp, *, token: str | None, max_body: int, protected: tuple[str, ...] = ("/v1",)
+        self, app: ASGIApp, *, tokens: tuple[str, ...], max_body: int, protected: tuple[str, ...] = ("/v1",)
     ) -> None:
-        self.app, self.token, self.max_body, self.prefixes = app, token, max_body, protected
+        self.app, self.tokens, self.max_body, self.prefixes = app, tokens, max_body, protected
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]], send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.token is not None and scope["path"].startswith(self.prefixes) and not self._authorized(headers):
+        scope.setdefault("state", {})["authorized"] = self._authorized(headers)  # /readyz shows detail only then
+        if scope["path"].startswith(self.prefixes) and not scope["state"]["authorized"]:
             return await _answer(send, 401, "unauthorized", "a bearer token is required: Authorization: Bearer <token>",
                                  {"www-authenticate": "Bearer"})  # fmt: skip
         declared = headers.get("content-length")
@@ -50,8 +51,12 @@ class RequestGuard:
         await self.app(scope, replay, send)
 
     def _authorized(self, headers: dict[str, str]) -> bool:
+        """No tokens set: everyone. Else a bearer token equal to one of them (compared in constant time, each)."""
+        if not self.tokens:
+            return True
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(token.encode(), self.token.encode())
+        matches = [secrets.compare_digest(token.strip().encode(), t.encode()) for t in self.tokens]
+        return scheme.lower() == "bearer" and any(matches)
 
 
 async def _answer(send: Callable, code: int, kind: str, message: str, extra: dict[str, str] | None = None) -> None:

@@ -113,6 +113,7 @@ class ScheduleOut(BaseModel):
     name: str
     cron: str
     template: dict[str, Any]
+    paused: bool
     created_at: UTCTime
     last_fired_at: UTCTime | None
     last_sweep_id: str | None

@@ -15,7 +15,7 @@ from sqlalchemy.orm import sessionmaker
 
 from cluster.jobs import Jobs
 from cluster.local import EmbeddedHead
-from services import scheduler, sweep_tracking
+from services import retention, scheduler, sweep_tracking
 from services.reconciler import Reconciler
 from services.settings import Settings
 
@@ -89,6 +89,9 @@ def control_plane(
             Component("reconciler", 1.0, reconciler.tick),  # a tick costs milliseconds (docs/reliability.md)
             Component("mlflow-reporter", 5.0, lambda: sweep_tracking.report(db)),
         ]
+    if settings.retention_days:
+        days, env = settings.retention_days, settings.job_env()
+        components.append(Component("retention", 3600.0, lambda: retention.prune(db, days, env)))
     if head is not None:
         components.append(Component("ray-head", 5.0, lambda: supervise(head)))
     return Background(components)

@@ -15,7 +15,7 @@ from pathlib import Path
 from croniter import CroniterBadDateError, croniter
 from pydantic import Field, field_validator
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.errors import InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
@@ -26,39 +26,105 @@ from trainers.spec import Strict
 log = logging.getLogger("myopia.scheduler")
 
 
+def _firing_cron(v: str) -> str:
+    """Parsable, and firing: its next and previous ticks exist (`0 0 30 2 *` parses but never fires)."""
+    if not croniter.is_valid(v):
+        raise ValueError(f"not a valid cron expression: {v!r}")
+    try:
+        now = datetime.now(UTC)
+        croniter(v, now).get_next(datetime), croniter(v, now).get_prev(datetime)
+    except (CroniterBadDateError, ValueError) as e:
+        raise ValueError(f"cron expression {v!r} never fires: {e}") from None
+    return v
+
+
+CRON_HELP = "five-field cron expression, UTC, e.g. '0 3 * * 1'"
+
+
 class ScheduleRequest(Strict):
     name: str = Field(min_length=1, max_length=200)
-    cron: str = Field(description="five-field cron expression, UTC, e.g. '0 3 * * 1'")
+    cron: str = Field(description=CRON_HELP)
     template: SweepRequest
 
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, v: str) -> str:
-        """Parsable, and firing: its next and previous ticks exist (`0 0 30 2 *` parses but never fires)."""
-        if not croniter.is_valid(v):
-            raise ValueError(f"not a valid cron expression: {v!r}")
-        try:
-            now = datetime.now(UTC)
-            croniter(v, now).get_next(datetime), croniter(v, now).get_prev(datetime)
-        except (CroniterBadDateError, ValueError) as e:
-            raise ValueError(f"cron expression {v!r} never fires: {e}") from None
-        return v
+    _cron = field_validator("cron")(_firing_cron)
+
+
+class ScheduleEdit(Strict):
+    """What `PATCH /v1/schedules/{id}` may change; fields left out stay as they are."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    cron: str | None = Field(None, description=CRON_HELP + "; it fires from its next tick, never for past ones")
+    template: SweepRequest | None = None
+    paused: bool | None = Field(None, description="true: kept, not firing; false: fires again from its next tick")
+
+    _cron = field_validator("cron")(lambda v: v if v is None else _firing_cron(v))
 
 
 def add_schedule(
     db: sessionmaker, request: ScheduleRequest, profile: str = "cpu", allowed_roots: list[Path] | None = None
 ) -> Schedule:
     """Store a schedule whose template plans (a template that cannot is refused now, not at its first tick)."""
-    try:
-        plan(request.template, profile=profile, allowed_roots=allowed_roots)
-    except InvalidRequest as e:
-        raise InvalidRequest([(f"template.{field}", msg) for field, msg in e.errors]) from None
+    _check_plans(request.template, profile, allowed_roots)
     with db.begin() as s:
         template = request.template.model_dump(mode="json", exclude_none=True)
         schedule = Schedule(
             id=new_id("sch"), name=request.name, cron=request.cron, template=template, created_at=datetime.now(UTC)
         )
         s.add(schedule)
+    return schedule
+
+
+def _check_plans(template: SweepRequest, profile: str, allowed_roots: list[Path] | None) -> None:
+    try:
+        plan(template, profile=profile, allowed_roots=allowed_roots)
+    except InvalidRequest as e:
+        raise InvalidRequest([(f"template.{field}", msg) for field, msg in e.errors]) from None
+
+
+def edit_schedule(
+    db: sessionmaker,
+    schedule_id: str,
+    edit: ScheduleEdit,
+    profile: str = "cpu",
+    allowed_roots: list[Path] | None = None,
+    now: datetime | None = None,
+) -> Schedule:
+    """Rename, re-time, re-template, pause or resume a schedule. A new cron or a resumed schedule fires from its
+    next tick: the ticks it missed (or that the new cron would have had) are skipped, not caught up."""
+    if edit.template is not None:
+        _check_plans(edit.template, profile, allowed_roots)
+    with db.begin() as s:
+        schedule = _live(s, schedule_id)
+        if edit.name is not None:
+            schedule.name = edit.name
+        if edit.template is not None:
+            schedule.template = edit.template.model_dump(mode="json", exclude_none=True)
+        restart = (edit.cron is not None and edit.cron != schedule.cron) or (edit.paused is False and schedule.paused)
+        if edit.cron is not None:
+            schedule.cron = edit.cron
+        if edit.paused is not None:
+            schedule.paused = edit.paused
+        if restart:
+            latest_tick = croniter(schedule.cron, now or datetime.now(UTC)).get_prev(datetime)
+            schedule.last_fired_at = max(_utc(schedule.last_fired_at or schedule.created_at), latest_tick)
+    return schedule
+
+
+def run_now(db: sessionmaker, schedule_id: str, **plan_options: object) -> Sweep:
+    """One sweep of the schedule's template now, linked after its last sweep like a tick's; the cron's own ticks go
+    on as before (a paused schedule can be run now, too)."""
+    with db() as s:
+        schedule = _live(s, schedule_id)
+    request = SweepRequest.model_validate(schedule.template)
+    sweep, _ = create_sweep(db, request, idempotency_key=f"schedule:{schedule.id}:now:{new_id('t')}", **plan_options)
+    _link(db, schedule, sweep.id)
+    return sweep
+
+
+def _live(s: Session, schedule_id: str) -> Schedule:
+    schedule = s.get(Schedule, schedule_id)
+    if schedule is None or not schedule.enabled:
+        raise NotFound(f"no schedule {schedule_id!r}")
     return schedule
 
 
@@ -82,10 +148,7 @@ def list_schedules(
 def delete_schedule(db: sessionmaker, schedule_id: str) -> None:
     """Disable it (its sweeps keep their link)."""
     with db.begin() as s:
-        schedule = s.get(Schedule, schedule_id)
-        if schedule is None or not schedule.enabled:
-            raise NotFound(f"no schedule {schedule_id!r}")
-        schedule.enabled = False
+        _live(s, schedule_id).enabled = False
 
 
 def _utc(t: datetime) -> datetime:
@@ -105,6 +168,8 @@ def tick(
     now = now or datetime.now(UTC)
     created = []
     for schedule in list_schedules(db)[0]:
+        if schedule.paused:
+            continue
         try:
             sweep_id = _fire(db, schedule, now, mlflow_uri=mlflow_uri, profile=profile, allowed_roots=allowed_roots)
         except Exception:  # noqa: BLE001 - one schedule's failure must not stop the others
@@ -122,18 +187,23 @@ def _fire(db: sessionmaker, schedule: Schedule, now: datetime, **plan_options: o
         return None
     request = SweepRequest.model_validate(schedule.template)
     sweep, _ = create_sweep(db, request, idempotency_key=f"schedule:{schedule.id}:{due.isoformat()}", **plan_options)
+    return sweep.id if _link(db, schedule, sweep.id, fired_at=due) else None
+
+
+def _link(db: sessionmaker, schedule: Schedule, sweep_id: str, fired_at: datetime | None = None) -> bool:
+    """Record the sweep as the schedule's latest (and the tick, if it is one) only if nobody did it first; link it
+    to the schedule's previous sweep."""
     with db.begin() as s:
-        # record the tick only if nobody did it first; link the new sweep to the schedule's previous one
+        values = {"last_sweep_id": sweep_id, **({"last_fired_at": fired_at} if fired_at else {})}
         won = s.execute(
             update(Schedule)
             .where(Schedule.id == schedule.id, Schedule.last_sweep_id.is_not_distinct_from(schedule.last_sweep_id))
-            .values(last_fired_at=due, last_sweep_id=sweep.id)
+            .values(**values)
         ).rowcount
         if won:
             s.execute(
                 update(Sweep)
-                .where(Sweep.id == sweep.id)
+                .where(Sweep.id == sweep_id)
                 .values(schedule_id=schedule.id, previous_sweep_id=schedule.last_sweep_id)
             )
-            return sweep.id
-    return None
+    return bool(won)

@@ -34,7 +34,22 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MYOPIA_MLFLOW_URI", "MLFLOW_TRACKING_URI"),
         description="default: SQLite in the data dir, artifacts beside it",
     )
+    version: str | None = Field(
+        None,
+        description="this image's code version (the images' build sets it); given to every job, whose image must "
+        "carry the same, or the job fails at once naming both",
+    )
     api_token: str | None = Field(None, description="bearer token required by the API when set")
+    api_token_next: str | None = Field(
+        None,
+        description="a second token accepted beside api_token, for rotation: set it, move the clients to it, then "
+        "make it api_token and unset this (docs/operations.md)",
+    )
+    migrate_on_start: bool = Field(
+        True,
+        description="upgrade the store's schema when the control plane starts; false: only `myopia db upgrade` does "
+        "(run it once, before the new version's pods), and a store at another version keeps /readyz at 503",
+    )
     resource_profile: str = Field("cpu", description="the profile of cluster/resources.yaml the planner uses")
     max_concurrent_runs: int = Field(2, ge=1)
     max_attempts: int = Field(3, ge=1, description="attempts per run before it is failed")
@@ -44,14 +59,34 @@ class Settings(BaseSettings):
         description="where a request may point runs at local corpora, datasets and checkpoints (JSON list, e.g. "
         '["/data", "/mnt/checkpoints"]); default: the data dir',
     )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="delete ended sweeps (their rows, MLflow runs and checkpoints) this many days after their last "
+        "change, hourly; default: keep everything",
+    )
     max_request_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies are refused (413)")
 
     @field_validator(
-        "database_url", "ray_address", "mlflow_uri", "api_token", "job_python", "job_storage", mode="before"
+        "database_url",
+        "ray_address",
+        "mlflow_uri",
+        "api_token",
+        "api_token_next",
+        "job_python",
+        "job_storage",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
+        # `openssl rand -hex 32 > file` ends in a newline that Secrets and `$(cat file)` keep; clients drop it
+        v = v.strip() if isinstance(v, str) else v
         return None if v == "" else v  # compose passes `${VAR:-}` through as an empty string
+
+    @property
+    def api_tokens(self) -> tuple[str, ...]:
+        """Every token the API accepts (none: no auth)."""
+        return tuple(t for t in (self.api_token, self.api_token_next) if t)
 
     @property
     def data_roots(self) -> list[Path]:
@@ -72,6 +107,8 @@ class Settings(BaseSettings):
             env = {"MYOPIA_DATA_DIR": self.job_data_dir, "HF_HOME": f"{self.job_data_dir.rstrip('/')}/hf"}
         if self.job_storage:
             env["MYOPIA_JOB_STORAGE"] = self.job_storage
+        if self.version:
+            env["MYOPIA_EXPECTED_VERSION"] = self.version  # trainers.job_protocol.version_problem
         return env
 
     @property

@@ -16,7 +16,20 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -140,7 +153,8 @@ class Schedule(Base):
     name: Mapped[str] = mapped_column(String(200))
     cron: Mapped[str] = mapped_column(String(100))
     template: Mapped[dict] = mapped_column(JSON)
-    enabled: Mapped[bool] = mapped_column(default=True)
+    enabled: Mapped[bool] = mapped_column(default=True)  # False: deleted (its sweeps keep their link)
+    paused: Mapped[bool] = mapped_column(default=False)  # kept, not firing; resumed at the next tick, not the missed
     last_fired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_sweep_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -169,11 +183,25 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(cfg).get_current_head()
 
 
-def connect(url: str) -> sessionmaker:
-    """Migrate, then a session factory. SQLite gets foreign keys, a busy timeout (several threads write) and a
+def current_revision(url: str) -> str | None:
+    """The store's schema version (None: an empty database)."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("alembic_version"):
+                return None
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+
+
+def connect(url: str, migrate_schema: bool = True) -> sessionmaker:
+    """Migrate (unless told not to: then a store at another version leaves /readyz at 503 until `myopia db
+    upgrade`), then a session factory. SQLite gets foreign keys, a busy timeout (several threads write) and a
     guard: a connection is handed out only while the file is the one the control plane started with, so writes
     never go to a deleted file's ghost."""
-    migrate(url)
+    if migrate_schema:
+        migrate(url)
     sqlite = url.startswith("sqlite")
     connect_args = {"timeout": 30} if sqlite else {}
     engine = create_engine(url, connect_args=connect_args, pool_size=10, max_overflow=30)
@@ -202,7 +230,10 @@ def _probe(engine: Engine) -> None:
     with engine.connect() as connection, connection.begin():
         version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
         if version != head_revision():
-            raise StoreUnavailable(f"the schema is at {version}, this control plane needs {head_revision()}")
+            raise StoreUnavailable(
+                f"the schema is at {version}, this control plane needs {head_revision()}: run `myopia db upgrade` "
+                "with this version (or run the control plane of the store's version)"
+            )
         updated = connection.execute(text("UPDATE heartbeat SET at = :at WHERE id = 1"), {"at": now()}).rowcount
         if not updated:
             connection.execute(text("INSERT INTO heartbeat (id, at) VALUES (1, :at)"), {"at": now()})

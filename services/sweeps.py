@@ -1,20 +1,21 @@
-"""Sweeps in the store: create (planned pairs and queued runs in one transaction), read, cancel."""
+"""Sweeps in the store: create (planned pairs and queued runs in one transaction), read, cancel, delete."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import DateTime, and_, func, insert, literal, or_, select, update
+from sqlalchemy import DateTime, and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
-from services.store import TERMINAL, Pair, Run, RunEvent, RunStatus, Sweep, new_id, now
+from services.store import TERMINAL, Pair, Run, RunEvent, RunStatus, Schedule, Sweep, new_id, now
 from trainers.spec import TrackingSpec
 
 
@@ -233,3 +234,42 @@ def retry_run(db: sessionmaker, run_id: str) -> Run:
         if run.sweep.status in TERMINAL:
             run.sweep.status = RunStatus.RUNNING
     return get_run(db, run_id)
+
+
+@dataclass
+class Deleted:
+    """What a deleted sweep leaves outside the store, for services.retention to remove: its MLflow runs (the
+    sweep's, its pairs', its runs') and its runs' checkpoint names under their Ray Train storage."""
+
+    sweep_id: str
+    mlflow_uri: str | None = None
+    mlflow_runs: list[str] = field(default_factory=list)
+    checkpoints: list[tuple[str | None, str]] = field(default_factory=list)  # (spec storage_path, run name)
+
+
+def delete_sweep(db: sessionmaker, sweep_id: str) -> Deleted:
+    """Remove an ended sweep from the store (its runs, pairs and histories); a sweep with a run still open or a job
+    still being stopped is a Conflict: cancel it first. Later sweeps of its schedule lose their link to it."""
+    with db.begin() as s:
+        sweep = s.scalars(_loaded(s).where(Sweep.id == sweep_id).with_for_update()).one_or_none()
+        if sweep is None:
+            raise NotFound(f"no sweep {sweep_id!r}")
+        busy = [r.id for r in sweep.runs if r.status not in TERMINAL or r.job_live]
+        if busy:
+            raise Conflict(f"sweep {sweep_id} has {len(busy)} run(s) not ended (e.g. {busy[0]}); cancel it first")
+        gone = Deleted(sweep_id)
+        for run in sweep.runs:
+            gone.mlflow_uri = gone.mlflow_uri or run.spec.get("tracking", {}).get("mlflow_uri")
+            if (run.result or {}).get("mlflow_run_id"):
+                gone.mlflow_runs.append(run.result["mlflow_run_id"])
+            if run.submission_id:  # a run that never reached a job has no checkpoints
+                gone.checkpoints.append((run.spec.get("storage_path"), run.spec.get("name") or run.id))
+        gone.mlflow_runs += [x.mlflow_run_id for x in (sweep, *sweep.pairs) if x.mlflow_run_id]
+        run_ids = [r.id for r in sweep.runs]
+        s.execute(delete(RunEvent).where(RunEvent.run_id.in_(run_ids)))
+        s.execute(delete(Run).where(Run.sweep_id == sweep_id))
+        s.execute(delete(Pair).where(Pair.sweep_id == sweep_id))
+        s.execute(update(Sweep).where(Sweep.previous_sweep_id == sweep_id).values(previous_sweep_id=None))
+        s.execute(update(Schedule).where(Schedule.last_sweep_id == sweep_id).values(last_sweep_id=None))
+        s.execute(delete(Sweep).where(Sweep.id == sweep_id))
+    return gone

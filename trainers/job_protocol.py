@@ -15,11 +15,26 @@ from trainers.paths import data_dir
 SPEC_FILE = "spec.json"
 RESULT_MARK = "MYOPIA_RESULT "
 JOB_STORAGE_ENV = "MYOPIA_JOB_STORAGE"  # the same name as the control plane's setting (services/settings.py)
+VERSION_ENV = "MYOPIA_VERSION"  # an image's code version, baked in at build (`--build-arg MYOPIA_VERSION=…`)
+EXPECTED_VERSION_ENV = "MYOPIA_EXPECTED_VERSION"  # the control plane's, given to each of its jobs
 ERROR_MARK = "MYOPIA_ERROR "  # {"kind": "spec" | "data" | ..., "message": ...}: why a job gave up, if it knows
 
 
 def result_line(result: dict[str, Any]) -> str:
     return RESULT_MARK + json.dumps(result)
+
+
+def version_problem() -> str | None:
+    """Why this worker's image must not run the control plane's jobs: built from another version of the code. The
+    `trainers` package travels with each job, but the image's packages (torch, DeepSpeed, transformers) do not.
+    None where either side has no version (a checkout, the embedded head)."""
+    mine, wanted = os.environ.get(VERSION_ENV), os.environ.get(EXPECTED_VERSION_ENV)
+    if mine and wanted and mine != wanted:
+        return (
+            f"this worker's image is version {mine}, the control plane's is {wanted}: build and roll out both images "
+            "from one commit (docs/operations.md, Upgrades)"
+        )
+    return None
 
 
 def error_line(kind: str, message: str) -> str:

@@ -40,7 +40,7 @@ def run_logs(
     if path is None:  # a remote head: the job server hands out whole logs only; slice them here
         text = jobs.logs(run.submission_id).encode()
         piece = text[-tail:] if offset is None else text[offset : offset + length]
-        return PlainTextResponse(piece.decode(errors="replace"))
+        return PlainTextResponse(piece.decode(errors="replace"), headers={"X-Log-Size": str(len(text))})
     size = path.stat().st_size
     start, n = (max(0, size - tail), tail) if offset is None else (offset, length)
 

@@ -1,4 +1,4 @@
-"""/v1/schedules: sweeps rerun on a cron schedule (create, list a page, delete)."""
+"""/v1/schedules: sweeps rerun on a cron schedule (create, list a page, edit, pause and resume, run now, delete)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from api.deps import Db, SettingsDep
-from api.schemas import ErrorOut, ScheduleOut, SchedulePage
+from api.deps import BackgroundDep, Db, SettingsDep
+from api.schemas import ErrorOut, ScheduleOut, SchedulePage, SweepOut
 from services import scheduler
 
 router = APIRouter(prefix="/schedules", tags=["schedules"], responses={404: {"model": ErrorOut}})
@@ -32,7 +32,30 @@ def list_schedules(
     )
 
 
+ScheduleId = Annotated[str, Path(max_length=80)]
+
+
+@router.patch("/{schedule_id}", response_model=ScheduleOut, responses={422: {"model": ErrorOut}})
+def edit_schedule(schedule_id: ScheduleId, body: scheduler.ScheduleEdit, db: Db, settings: SettingsDep):
+    """Change its name, cron or template, or pause (`"paused": true`) and resume it. A new cron or a resumed
+    schedule fires from its next tick; missed ticks are skipped. A template that does not plan changes nothing."""
+    made = scheduler.edit_schedule(db, schedule_id, body, settings.resource_profile, settings.data_roots)
+    return ScheduleOut.model_validate(made, from_attributes=True)
+
+
+@router.post("/{schedule_id}/run", status_code=201, response_model=SweepOut, responses={422: {"model": ErrorOut}})
+def run_schedule_now(schedule_id: ScheduleId, db: Db, settings: SettingsDep, background: BackgroundDep):
+    """One sweep of its template now (paused or not), linked after its last sweep; the cron goes on as before."""
+    sweep = scheduler.run_now(
+        db, schedule_id, mlflow_uri=settings.mlflow, profile=settings.resource_profile,
+        allowed_roots=settings.data_roots,
+    )  # fmt: skip
+    if background is not None:
+        background.wake("reconciler")
+    return SweepOut.of(sweep)
+
+
 @router.delete("/{schedule_id}", status_code=204)
-def delete_schedule(schedule_id: Annotated[str, Path(max_length=80)], db: Db) -> Response:
+def delete_schedule(schedule_id: ScheduleId, db: Db) -> Response:
     scheduler.delete_schedule(db, schedule_id)
     return Response(status_code=204)

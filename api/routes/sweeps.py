@@ -1,5 +1,5 @@
-"""/v1/sweeps: create (with an Idempotency-Key), list a page, get, cancel, its runs a page at a time, results as JSON
-and PNG."""
+"""/v1/sweeps: create (with an Idempotency-Key), list a page, get, cancel, delete, its runs a page at a time,
+results as JSON and PNG."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.deps import BackgroundDep, Db, SettingsDep
 from api.schemas import ErrorOut, RunOut, RunPage, SweepOut, SweepPage, SweepSummary
-from services import results, sweeps
+from services import results, retention, sweeps
 from services.planner import SweepRequest
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses={404: {"model": ErrorOut}})
@@ -72,6 +72,14 @@ def list_runs(sweep_id: SweepId, db: Db, limit: Annotated[int, Query(ge=1, le=50
 @router.post("/{sweep_id}/cancel", response_model=SweepOut)
 def cancel_sweep(sweep_id: SweepId, db: Db):
     return SweepOut.of(sweeps.cancel_sweep(db, sweep_id))
+
+
+@router.delete("/{sweep_id}", responses={409: {"model": ErrorOut}})
+def delete_sweep(sweep_id: SweepId, db: Db, settings: SettingsDep) -> dict:
+    """An ended sweep, for good: its rows, its MLflow runs (marked deleted; `mlflow gc` purges them) and its runs'
+    checkpoints. A sweep with a run not yet ended is a 409: cancel it first. Returns what was removed, and any
+    checkpoint storage this machine cannot reach (a cluster folder not mounted here: remove it there)."""
+    return retention.remove(db, sweep_id, settings.job_env())
 
 
 @router.get("/{sweep_id}/results")

@@ -42,6 +42,10 @@ RUN uv python install 3.11.14 \
  && uv pip install --require-hashes --no-deps -r cluster/docker/build.lock \
  && uv pip install --require-hashes --no-deps --no-build-isolation -r cluster/docker/cuda.lock
 
+# The code version both images must share (the API gives it to every job; a worker image of another version
+# fails the job at once): `--build-arg MYOPIA_VERSION=$(git rev-parse --short HEAD)`.
+ARG MYOPIA_VERSION=unversioned
+ENV MYOPIA_VERSION=$MYOPIA_VERSION
 COPY --chown=1000:1000 pyproject.toml README.md ./
 COPY --chown=1000:1000 api ./api
 COPY --chown=1000:1000 services ./services

@@ -146,16 +146,72 @@ def test_the_api_stores_the_plan_the_cli_prints(tmp_path, monkeypatch, preset, p
     }
 
 
-def test_bearer_token(tmp_path):
-    srv = Server(Settings(data_dir=tmp_path, api_token="s3cret")).start()
+def test_bearer_token(tmp_path, monkeypatch):
+    # as a Secret made by `openssl rand -hex 32 > file; kubectl create secret --from-file` hands them over: with
+    # the file's newline, which a client's `$(… | base64 -d)` drops; the second token is the rotation's next one
+    monkeypatch.setenv("MYOPIA_API_TOKEN", "s3cret\n")
+    monkeypatch.setenv("MYOPIA_API_TOKEN_NEXT", " n3xt\n")
+    srv = Server(Settings(data_dir=tmp_path)).start()
     try:
         assert httpx.get(f"{srv.url}/v1/sweeps").status_code == 401
         wrong = httpx.get(f"{srv.url}/v1/sweeps", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
-        ok = httpx.get(f"{srv.url}/v1/sweeps", headers={"Authorization": "Bearer s3cret"})
-        assert ok.status_code == 200
+        for token in ("s3cret", "n3xt"):  # both, during a rotation
+            ok = httpx.get(f"{srv.url}/v1/sweeps", headers={"Authorization": f"Bearer {token}"})
+            assert ok.status_code == 200, token
         assert httpx.get(f"{srv.url}/healthz").status_code == 200  # probes need no token
         assert httpx.get(f"{srv.url}/metrics").status_code == 401  # metrics do
+    finally:
+        srv.stop()
+
+
+def test_the_api_stays_ready_while_ray_is_down(tmp_path):
+    """A cluster with no job server (a RayCluster being recreated): the API stays in its Service, so sweeps can
+    still be listed, submitted and cancelled; /readyz names Ray as down, with the reason only for the token."""
+    from cluster.jobs import Jobs
+
+    settings = Settings(data_dir=tmp_path, api_token="s3cret", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    srv = Server(settings, Jobs(f"http://127.0.0.1:{free_port()}", remote=True)).start()
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        anonymous = httpx.get(f"{srv.url}/readyz")
+        assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready", "database": "ok", "ray": "down"}
+        detail = httpx.get(f"{srv.url}/readyz", headers=auth).json()["ray"]
+        assert detail.startswith("down: the Ray job server at http://127.0.0.1:") and "does not answer" in detail
+        sweep = httpx.post(f"{srv.url}/v1/sweeps", json=REQUEST, headers=auth).json()
+        assert sweep["status"] == "queued"
+        cancelled = httpx.post(f"{srv.url}/v1/sweeps/{sweep['id']}/cancel", headers=auth).json()
+        assert cancelled["status"] == "cancelled"
+    finally:
+        srv.stop()
+
+
+def test_an_upgrade_by_command_with_migration_at_start_off(tmp_path, monkeypatch):
+    """An operator's upgrade: the new control plane starts with MYOPIA_MIGRATE_ON_START=false on a store of the
+    previous version and stays unready, naming the command, until `myopia db upgrade` has run; no data is lost."""
+    from click.testing import CliRunner
+
+    from api.cli import main
+    from services.store import head_revision, migrate
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0003")  # the previous release's schema, with a sweep in it
+    with __import__("sqlite3").connect(tmp_path / "old.db") as c:
+        c.execute("INSERT INTO sweeps (id, name, status, request, created_at, updated_at) VALUES "
+                  "('sw-old', 'kept', 'succeeded', '{}', '2026-01-01', '2026-01-01')")  # fmt: skip
+    monkeypatch.setenv("MYOPIA_DATABASE_URL", url)
+    cli = CliRunner()
+    assert f"store 0003, this version needs {head_revision()}" in cli.invoke(main, ["db", "current"]).output
+    settings = Settings(data_dir=tmp_path, api_token="s3cret", migrate_on_start=False)
+    srv = Server(settings).start()
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        r = httpx.get(f"{srv.url}/readyz", headers=auth)
+        assert r.status_code == 503 and "run `myopia db upgrade`" in r.json()["message"]
+        upgraded = cli.invoke(main, ["db", "upgrade"])
+        assert upgraded.exit_code == 0 and f"store 0003 → {head_revision()}" in upgraded.output
+        assert httpx.get(f"{srv.url}/readyz", headers=auth).status_code == 200
+        assert httpx.get(f"{srv.url}/v1/sweeps/sw-old", headers=auth).json()["name"] == "kept"
     finally:
         srv.stop()
 
@@ -255,11 +311,124 @@ def test_the_cli_drives_the_api(server, tmp_path, monkeypatch):
     failed = cli.invoke(main, ["sweep", "submit", str(bad)])
     assert failed.exit_code == 1 and "422" in failed.output and "sizes.0" in failed.output
     made = cli.invoke(main, ["schedule", "add", "nightly", "--cron", "0 3 * * *", "--template", str(request)]).output
-    schedule_id = made.split()[1].rstrip(":")
+    schedule_id = made.split()[1]
     assert schedule_id in cli.invoke(main, ["schedule", "list"]).output
     assert "deleted" in cli.invoke(main, ["schedule", "delete", schedule_id]).output
     monkeypatch.setenv("MYOPIA_API_URL", "http://127.0.0.1:9")
     assert "cannot reach the control plane" in cli.invoke(main, ["sweep", "list"]).output
+
+
+def test_the_cli_takes_flags_yaml_and_prints_json(tmp_path, monkeypatch):
+    """--url/--token beat the environment; -o json prints the API's JSON; YAML requests; schedules from a preset,
+    paused, resumed, edited and run now; an ended sweep deleted."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    srv = Server(Settings(data_dir=tmp_path, api_token="s3cret", mlflow_uri=f"sqlite:///{tmp_path / 'm.db'}")).start()
+    monkeypatch.setenv("MYOPIA_API_URL", "http://127.0.0.1:9")  # wrong: the flags win
+    monkeypatch.delenv("MYOPIA_API_TOKEN", raising=False)
+    cli = CliRunner()
+
+    def run(*args: str) -> str:
+        done = cli.invoke(main, [*args, "--url", srv.url, "--token", "s3cret\n"])
+        assert done.exit_code == 0, (args, done.output)
+        return done.output
+
+    try:
+        request = tmp_path / "sweep.yaml"
+        request.write_text(yaml.safe_dump(REQUEST))
+        sweep = json.loads(run("sweep", "submit", str(request), "-o", "json"))
+        assert len(sweep["runs"]) == 8 and sweep["request"]["sizes"] == REQUEST["sizes"]
+        listed = json.loads(run("sweep", "list", "-o", "json"))
+        assert [s["id"] for s in listed] == [sweep["id"]]
+        assert json.loads(run("sweep", "show", sweep["id"], "-o", "json"))["id"] == sweep["id"]
+        assert "myopia gap" in run("sweep", "results", sweep["id"])
+        refused = cli.invoke(main, ["sweep", "delete", sweep["id"], "--yes", "--url", srv.url, "--token", "s3cret"])
+        assert refused.exit_code == 1 and "409" in refused.output and "cancel it first" in refused.output
+        assert json.loads(run("sweep", "cancel", sweep["id"], "-o", "json"))["status"] == "cancelled"
+        gone = json.loads(run("sweep", "delete", sweep["id"], "--yes", "-o", "json"))
+        assert gone["sweep_id"] == sweep["id"] and gone["checkpoints_deleted"] == 0  # never reached a job
+        assert json.loads(run("sweep", "list", "-o", "json")) == []
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("name: [unclosed")
+        failed = cli.invoke(main, ["sweep", "submit", str(bad), "--url", srv.url])
+        assert failed.exit_code == 1 and "is not YAML" in failed.output
+
+        made = json.loads(run("schedule", "add", "weekly", "--cron", "0 3 * * 1", "--preset", "demo", "-o", "json"))
+        assert made["template"]["preset"] == "demo" and not made["paused"]
+        assert "(paused)" in run("schedule", "pause", made["id"])
+        assert json.loads(run("schedule", "list", "-o", "json"))[0]["paused"] is True
+        assert "(paused)" not in run("schedule", "resume", made["id"])
+        edited = json.loads(run("schedule", "edit", made["id"], "--cron", "0 4 * * *", "--name", "daily", "-o", "json"))
+        assert (edited["cron"], edited["name"]) == ("0 4 * * *", "daily")
+        now = run("schedule", "run-now", made["id"])
+        assert now.startswith("sweep sw-") and "3 runs, queued" in now
+        assert json.loads(run("schedule", "list", "-o", "json"))[0]["last_sweep_id"] == now.split()[1].rstrip(":")
+        assert json.loads(run("schedule", "delete", made["id"], "-o", "json")) == {"id": made["id"], "deleted": True}
+        no_token = cli.invoke(main, ["sweep", "list", "--url", srv.url])
+        assert no_token.exit_code == 1 and "401" in no_token.output
+    finally:
+        srv.stop()
+
+
+def test_run_logs_tail_and_follow_a_growing_log(tmp_path):
+    """`myopia run logs --tail N --follow` over HTTP: the tail, then what the job appends, until the run ends."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from api.cli import main
+    from cluster.jobs import Jobs
+    from services.store import Run, connect
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    srv = Server(Settings(data_dir=tmp_path), Jobs(f"http://127.0.0.1:{free_port()}", log_dir=lambda: logs)).start()
+    try:
+        sweep = httpx.post(f"{srv.url}/v1/sweeps", json=REQUEST).json()
+        run_id = sweep["runs"][0]["id"]
+        db = connect(srv.settings.database)
+        with db.begin() as s:  # as the reconciler leaves a run whose job is running (Ray is down here: no reconciler)
+            s.get(Run, run_id).status, s.get(Run, run_id).submission_id = "running", "job-1"
+        log = logs / "job-driver-job-1.log"
+        log.write_text("old line\n" + "x" * 100 + "\nlast line\n")
+        printed = CliRunner().invoke(main, ["run", "logs", run_id, "--tail", "10", "--url", srv.url]).output
+        assert printed == "last line\n"
+
+        def grow() -> None:
+            time.sleep(3)
+            with log.open("a") as f:
+                f.write("step 1\nstep 2\n")
+            time.sleep(3)
+            with db.begin() as s:
+                s.get(Run, run_id).status = "succeeded"
+
+        writer = threading.Thread(target=grow)
+        writer.start()
+        followed = CliRunner().invoke(main, ["run", "logs", run_id, "--tail", "10", "-f", "--url", srv.url])
+        writer.join()
+        assert followed.exit_code == 0 and followed.output == "last line\nstep 1\nstep 2\n"
+    finally:
+        srv.stop()
+
+
+def test_every_command_has_help():
+    import click
+
+    from api.cli import main
+
+    def walk(group: click.Group, path: str):
+        for name, command in group.commands.items():
+            yield f"{path} {name}", command
+            if isinstance(command, click.Group):
+                yield from walk(command, f"{path} {name}")
+
+    missing = [path for path, command in walk(main, "myopia") if not (command.help or "").strip()]
+    assert missing == []
 
 
 def test_schedules_over_http(server):

@@ -77,6 +77,8 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     request = {**SWEEP, "arms": ["vanilla", "myopic", "bigram"]}  # with the reference arm
     sweep_id = httpx.post(f"{url}/v1/sweeps", json=request).json()["id"]
     until(lambda: any(r["status"] == "running" for r in sweep()["runs"]), timeout=120)
+    busy = httpx.delete(f"{url}/v1/sweeps/{sweep_id}")
+    assert busy.status_code == 409 and "cancel it first" in busy.json()["message"]
     first.kill()  # SIGKILL mid-run: no shutdown of any kind
     first.wait()
     second = serve()
@@ -85,6 +87,15 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
         done = sweep()
         results = httpx.get(f"{url}/v1/sweeps/{sweep_id}/results").json()
         until(lambda: sweep_run_status(results) == "FINISHED", timeout=60)  # the reporter runs every 5 s
+        check_mlflow(results)
+        checkpoints = [Path(run_storage(None, head["root"])) / r["id"] for r in done["runs"]]
+        assert all(c.is_dir() for c in checkpoints)
+        deleted = httpx.delete(f"{url}/v1/sweeps/{sweep_id}").json()
+        assert deleted["checkpoints_deleted"] == 3 and deleted["storage_not_reachable"] == []
+        assert deleted["mlflow_runs_deleted"] == 5  # the sweep's, the pair's, the three arms'
+        assert httpx.get(f"{url}/v1/sweeps/{sweep_id}").status_code == 404
+        assert not any(c.exists() for c in checkpoints)
+        assert httpx.get(f"{url}/v1/runs/{done['runs'][0]['id']}").status_code == 404
     finally:
         second.terminate()
         second.wait(60)
@@ -110,7 +121,10 @@ def test_a_sweep_over_rest_survives_a_killed_control_plane(head, tmp_path):
     assert set(fractions) == {"vanilla", "myopic", "bigram"}
     assert fractions == pair["fraction_of_baseline"] and all(f["past_window"] > 0 for f in fractions.values())
     assert len(pair["fraction_of_baseline_per_position"]["myopic"]) == 64
-    check_mlflow(results)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(results["mlflow"]["tracking_uri"])
+    assert client.get_run(results["mlflow"]["sweep_run_id"]).info.lifecycle_stage == "deleted"
 
 
 def sweep_run_status(results: dict) -> str | None:

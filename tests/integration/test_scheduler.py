@@ -76,6 +76,32 @@ def finish(db, sweep_id: str, gaps: list[float]) -> None:
         s.get(Sweep, sweep_id).status = "succeeded"
 
 
+def test_a_paused_schedule_skips_its_ticks_and_resumes_at_the_next_one(db, tmp_path):
+    schedule = add(db)
+    assert len(scheduler.tick(db, T0)) == 1  # 03:00
+    edit = scheduler.ScheduleEdit
+    assert scheduler.edit_schedule(db, schedule.id, edit(paused=True)).paused
+    assert scheduler.tick(db, T0 + timedelta(hours=2)) == []  # 04:00 and 05:00 pass while paused
+    scheduler.edit_schedule(db, schedule.id, edit(paused=False), now=T0 + timedelta(hours=2, minutes=10))
+    assert scheduler.tick(db, T0 + timedelta(hours=2, minutes=20)) == []  # no catching up on 05:00
+    assert len(scheduler.tick(db, T0 + timedelta(hours=3))) == 1  # 06:00 fires
+    now = scheduler.run_now(db, schedule.id)  # between ticks, linked after the last sweep
+    last = scheduler.list_schedules(db)[0][0]
+    assert last.last_sweep_id == now.id and len(list_sweeps(db)[0]) == 3
+    assert scheduler.tick(db, T0 + timedelta(hours=3, minutes=5)) == []  # its cron goes on as before
+    # a new cron fires from its next tick; a template that does not plan changes nothing
+    scheduler.edit_schedule(db, schedule.id, edit(cron="30 * * * *", name="half past"), now=T0 + timedelta(hours=3))
+    assert scheduler.tick(db, T0 + timedelta(hours=3, minutes=1)) == []
+    assert len(scheduler.tick(db, T0 + timedelta(hours=3, minutes=31))) == 1
+    outside = edit(template={**TEMPLATE, "run": {"data": {"kind": "text", "corpus": "/etc"}}})
+    with pytest.raises(scheduler.InvalidRequest, match="template.run.data.corpus"):
+        scheduler.edit_schedule(db, schedule.id, outside, allowed_roots=[tmp_path])
+    kept = scheduler.list_schedules(db)[0][0]
+    assert (kept.name, kept.cron, kept.template["sizes"]) == ("half past", "30 * * * *", ["14m"])
+    with pytest.raises(ValidationError, match="never fires"):
+        edit(cron="0 0 30 2 *")
+
+
 def test_drift_is_a_paired_test_against_the_previous_sweep(db):
     """A rerun reuses its seeds: its gaps are compared seed by seed with the previous sweep's (Holm across sizes)."""
     add(db)

@@ -41,6 +41,53 @@ def test_a_corrupt_source_is_refused_and_dropped(tmp_path, monkeypatch):
     assert not c.tokenizer_path(tmp_path).exists()
 
 
+def test_everything_fetches_in_a_venv_without_pip_npm_or_apt(tmp_path):
+    """As in the images (the CUDA image's `uv venv` has no pip, neither image has npm or apt's lists): a venv made
+    without pip that sees this one's packages, pip left out, and nothing else on PATH. The tokenizer and all five
+    corpora come over HTTPS from their registries, checked against the registry's digest and then our pins."""
+    import os
+    import subprocess
+    import sysconfig
+    import venv
+    from pathlib import Path
+
+    site = tmp_path / "site"
+    site.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().startswith("pip"):
+            (site / entry.name).symlink_to(entry)
+    image = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(image)
+    python = image / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    repo = Path(__file__).resolve().parents[2]
+    Path(purelib, "checkout.pth").write_text(f"{repo}\n{site}\n")
+    assert subprocess.run([python, "-m", "pip", "--version"], capture_output=True).returncode != 0  # no pip
+    root = tmp_path / "data"
+    fetched = subprocess.run(
+        [python, "-m", "api.cli", "data", "fetch", *c.CORPORA],  # `myopia data fetch …`, as an operator runs it
+        capture_output=True, text=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, "PATH": str(image / "bin"),
+             "MYOPIA_DATA_DIR": str(root)},
+    )  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    assert Tokenizer.from_file(str(c.tokenizer_path(root))).encode("Hello world").ids == [12092, 1533]
+    assert all(c.corpus_path(name, root).stat().st_size > 100_000 for name in c.CORPORA)
+
+
+def test_an_hf_run_is_refused_before_staging_without_the_tokenizer(data_root, tmp_path, monkeypatch):
+    """`pythia-paper` (Hugging Face data) tokenizes with the Pythia tokenizer too: a data dir without it fails the
+    run's cheap check, before any worker (or GPU) is allocated."""
+    spec = preset_run("pythia-paper", profile="gpu")
+    assert spec.data.kind == "hf"
+    monkeypatch.setenv("MYOPIA_DATA_DIR", str(tmp_path))
+    with pytest.raises(d.DataError, match="tokenizer is not fetched yet"):
+        d.check_source(spec)
+    monkeypatch.setenv("MYOPIA_DATA_DIR", str(data_root))
+    d.check_source(spec)
+
+
 def test_unknown_corpus_is_named(tmp_path):
     with pytest.raises(c.DataError, match="unknown corpus pile"):
         c.fetch(["pile"], tmp_path)

@@ -269,3 +269,31 @@ def test_a_driver_too_old_for_torchs_cuda_is_named_in_one_line():
     assert cuda_mismatch(13000, "13.1") is None  # minor-version compatibility within a major
     assert "libcuda.so.1" in cuda_mismatch(None, "13.0")  # no driver mounted into the container
     assert "CPU build" in cuda_mismatch(13000, None)
+
+
+def test_make_install_asks_for_the_cpu_torch_where_no_local_wheel_is_known(tmp_path):
+    """A fresh Linux machine without this kind's wheel directory: pip's plain `torch==2.13.0` would be PyPI's CUDA
+    build, so `make torch-cpu` asks for `+cpu`, and without a local wheel it goes to the CPU index (here a stand-in:
+    a file:// index holding the same wheel). Dry run: nothing is installed."""
+    import subprocess
+    import sys
+
+    local = sorted(Path("/opt/wheels").glob("torch-2.13.0+cpu-*.whl"))
+    if not local:
+        pytest.skip("no local CPU torch wheel to stand in for PyTorch's index")
+    index = tmp_path / "index" / "torch"
+    index.mkdir(parents=True)
+    index.joinpath("index.html").write_text(f'<a href="{local[0].as_uri()}">{local[0].name}</a>')
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PIP_CONFIG_FILE": "/dev/null", "PIP_FIND_LINKS": "",
+           "PIP_NO_INDEX": "", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}  # fmt: skip
+    report = tmp_path / "report.json"
+    flags = f"--dry-run --ignore-installed --no-deps --no-cache-dir --report {report}"
+    done = subprocess.run(
+        ["make", "-s", "torch-cpu", f"BIN={Path(sys.executable).parent}", f"PIP_FLAGS={flags}",
+         f"TORCH_INDEX={(tmp_path / 'index').as_uri()}", "-o", "install"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"torch==2.13.0+cpu: no local wheel; from {(tmp_path / 'index').as_uri()}")
+    (item,) = json.loads(report.read_text())["install"]
+    assert (item["metadata"]["name"], item["metadata"]["version"]) == ("torch", "2.13.0+cpu")

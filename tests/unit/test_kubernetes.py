@@ -33,11 +33,12 @@ KUBERAY = ROOT / "cluster" / "kuberay"
 KUBERNETES = ROOT / "cluster" / "kubernetes"
 KUSTOMIZATION = KUBERNETES / "kustomization.yaml"
 SECRETS_EXAMPLE = KUBERNETES / "secrets.example.yaml"
-MANIFESTS = sorted(KUBERAY.glob("*.yaml")) + sorted(p for p in KUBERNETES.glob("*.yaml") if p != KUSTOMIZATION)
+MANIFESTS = sorted(p for folder in (KUBERAY, KUBERNETES) for p in folder.glob("*.yaml") if p.name != KUSTOMIZATION.name)
 CRDS = {"RayCluster": KUBERAY / "crds" / "ray.io_rayclusters.yaml", "RayJob": KUBERAY / "crds" / "ray.io_rayjobs.yaml"}
 K8S_VERSION = "1.30.0"
 NAMESPACE = "myopia"
 RAY_TOKEN_KEY = "auth_token"  # KubeRay: utils.RAY_AUTH_TOKEN_SECRET_KEY
+RAY_TOKEN_SECRET = "myopia-ray-token"
 RAY_ENV = {
     "MYOPIA_DATA_DIR": "/data",
     "HF_HOME": "/data/hf",
@@ -319,7 +320,7 @@ def test_ray_token_auth_dashboard_and_version():
     for doc in docs:
         spec = ray_spec(doc)
         assert spec.get("authOptions", {}).get("mode") == "token", doc["metadata"]["name"]
-        assert not spec["authOptions"].get("secretName")  # KubeRay makes the token Secret
+        assert spec["authOptions"]["secretName"] == RAY_TOKEN_SECRET  # the operator's: kept when a cluster is remade
         # KubeRay's default dashboard-host is 0.0.0.0: the dashboard and job server leave the pod, behind the token
         assert spec["headGroupSpec"]["rayStartParams"].get("dashboard-host", "0.0.0.0") == "0.0.0.0"
         assert spec["rayVersion"] == ray.__version__
@@ -342,7 +343,7 @@ def test_ray_pods(pod):
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in ray["volumeMounts"]}
     assert volumes[mounts["/data"]]["persistentVolumeClaim"]["claimName"] == "myopia-shared"
-    assert "emptyDir" in volumes[mounts["/tmp/ray"]]
+    assert "emptyDir" in volumes[mounts["/tmp/ray"]] and mounts["/tmp/ray"] == "ray-logs"  # KubeRay's name for it
     # Prometheus: Ray's metrics on 8080, declared and annotated
     assert group["rayStartParams"]["metrics-export-port"] == "8080"
     assert {"name": "metrics", "containerPort": 8080} in ray["ports"]
@@ -381,7 +382,6 @@ def test_the_raycluster_scales_8x80gb_workers():
 
 def test_settings_and_secrets():
     examples = {s["metadata"]["name"]: s for s in documents([SECRETS_EXAMPLE])}
-    token_secrets = {d["metadata"]["name"] for d in of_kind("RayCluster") if ray_spec(d)["authOptions"]["mode"]}
     for pod in pods():
         for c in pod.containers():
             for name, e in env(c).items():
@@ -389,11 +389,8 @@ def test_settings_and_secrets():
                 if SECRET_NAME.search(name):
                     assert "secretKeyRef" in e.get("valueFrom", {}), f"{pod.where}: {name} not from a Secret"
                 assert not SECRET_VALUE.search(str(e.get("value", ""))), f"{pod.where}: {name} holds a secret"
-                if ref := e.get("valueFrom", {}).get("secretKeyRef"):
-                    if ref["name"] in token_secrets:  # made by KubeRay
-                        assert ref["key"] == RAY_TOKEN_KEY and name == "RAY_AUTH_TOKEN"
-                    else:
-                        assert ref["key"] in examples[ref["name"]]["stringData"], f"{pod.where}: {ref}"
+                if ref := e.get("valueFrom", {}).get("secretKeyRef"):  # every Secret the operator's, shaped there
+                    assert ref["key"] in examples[ref["name"]]["stringData"], f"{pod.where}: {ref}"
             for arg in [*c.get("command", []), *c.get("args", [])]:
                 assert not SECRET_VALUE.search(arg), f"{pod.where}: a secret in {c['name']}'s command line"
     for doc in documents():
@@ -421,13 +418,14 @@ def test_api_deployment():
         "RAY_AUTH_MODE": "token",
     }
     refs = {k: v["valueFrom"]["secretKeyRef"] for k, v in e.items() if "secretKeyRef" in v.get("valueFrom", {})}
-    assert refs.keys() == {"MYOPIA_DATABASE_URL", "MYOPIA_API_TOKEN", "RAY_AUTH_TOKEN"}
-    assert refs["RAY_AUTH_TOKEN"] == {"name": cluster["metadata"]["name"], "key": RAY_TOKEN_KEY}
+    assert refs.keys() == {"MYOPIA_DATABASE_URL", "MYOPIA_API_TOKEN", "MYOPIA_API_TOKEN_NEXT", "RAY_AUTH_TOKEN"}
+    assert refs["RAY_AUTH_TOKEN"] == {"name": ray_spec(cluster)["authOptions"]["secretName"], "key": RAY_TOKEN_KEY}
+    assert refs["MYOPIA_API_TOKEN_NEXT"]["optional"] is True  # set only during a rotation
     assert yaml.safe_load((ROOT / "cluster" / "resources.yaml").read_text()).get(values["MYOPIA_RESOURCE_PROFILE"])
     port = {p["name"]: p["containerPort"] for p in c["ports"]}[c["readinessProbe"]["httpGet"]["port"]]
     assert port == 8000 and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert t["metadata"]["annotations"] == scrape(8000)
+    assert not t["metadata"].get("annotations")  # a scrape by annotation cannot send the bearer token
     # the settings the process will see, the Secrets' values as secrets.example.yaml shapes them
     secrets = {s["metadata"]["name"]: s["stringData"] for s in documents([SECRETS_EXAMPLE])}
     env_vars = values | {k: secrets.get(r["name"], {}).get(r["key"], "t") for k, r in refs.items()}
@@ -580,12 +578,19 @@ def test_network_policies():
         assert allowed(ray.labels, mlflow, 5000)
     assert allowed(api.labels, mlflow, 5000) and not allowed(postgres.labels, mlflow, 5000)
     assert not allowed({}, mlflow, 5000, "default")
+    for namespace in ("ingress-nginx", "monitoring"):  # the API: its Ingress controller and Prometheus, no one else
+        assert allowed({}, api, 8000, namespace)
+    assert not allowed({}, api, 8000, "default") and not allowed(head.labels, api, 8000)
 
 
 def test_kustomization_lists_the_files():
     k = yaml.safe_load(KUSTOMIZATION.read_text())
     assert k["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and k["kind"] == "Kustomization"
-    assert set(k) <= {"apiVersion", "kind", "namespace", "resources"} and k["namespace"] == NAMESPACE
+    assert set(k) <= {"apiVersion", "kind", "namespace", "resources", "images"} and k["namespace"] == NAMESPACE
+    raycluster = yaml.safe_load((KUBERAY / KUSTOMIZATION.name).read_text())
+    assert raycluster["resources"] == ["raycluster.yaml"] and raycluster["images"] == k["images"]
+    images = {c["image"].rsplit(":", 1)[0] for p in pods() for c in p.containers() if "myopia:" in c.get("image", "")}
+    assert images == {i["name"] for i in k["images"]}  # one name to rewrite, in every manifest
     files = {p.name for p in KUBERNETES.iterdir()} - {KUSTOMIZATION.name, SECRETS_EXAMPLE.name}
     assert len(k["resources"]) == len(set(k["resources"])) and set(k["resources"]) == files
     assert k["resources"][0] == "namespace.yaml"
@@ -606,11 +611,22 @@ def test_kubectl_reads_the_manifests_as_these_tests_do(tmp_path):
 
     listed = [KUBERNETES / r for r in yaml.safe_load(KUSTOMIZATION.read_text())["resources"]]
     assert build(KUBERNETES) == sorted(documents(listed), key=lambda d: (d["kind"], d["metadata"]["name"]))
-    ray = sorted(KUBERAY.glob("*.yaml"))
+    ray = sorted(p for p in KUBERAY.glob("*.yaml") if p.name != KUSTOMIZATION.name)
     for path in ray:
         shutil.copy(path, tmp_path / path.name)
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({"resources": [p.name for p in ray]}))
     assert build(tmp_path) == sorted(documents(ray), key=lambda d: (d["kind"], d["metadata"]["name"]))
+    # the registry set once (as `kustomize edit set image` writes it) reaches every container, the RayCluster's too
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": ["raycluster.yaml"],
+        "images": [{"name": "ghcr.io/your-org/myopia", "newName": "registry.example.com/me/myopia"}],
+    }))  # fmt: skip
+    def images(node: object) -> set[str]:
+        if isinstance(node, dict):
+            return {node["image"]} if "image" in node else set().union(*map(images, node.values()))
+        return set().union(*map(images, node)) if isinstance(node, list) else set()
+
+    assert images(build(tmp_path)) == {"registry.example.com/me/myopia:cuda"}
 
 
 # --- the log shipper ----------------------------------------------------------------------------------------------

@@ -77,3 +77,23 @@ def test_arms_differ_only_in_attention_mode():
 def test_lr_defaults_to_the_size():
     assert RunSpec.model_validate({"model": {"size": "160m"}}).lr == 6e-4
     assert preset_run("pythia-paper", size="2.8b").lr == pytest.approx(6.4e-5)
+
+
+def test_a_worker_image_of_another_version_fails_the_job_at_once(tmp_path, monkeypatch, capsys):
+    """The control plane gives each job its own version (Settings.job_env); a worker image built from another
+    commit refuses the job before any worker starts, as an environment error (never retried), naming both."""
+    from services.settings import Settings
+    from trainers.entry import main
+    from trainers.job_protocol import ERROR_MARK, version_problem
+
+    env = Settings(data_dir=tmp_path, version="abc123").job_env()
+    assert env["MYOPIA_EXPECTED_VERSION"] == "abc123"
+    spec = tmp_path / "spec.json"
+    spec.write_text(preset_run("synthetic-cpu").model_dump_json())
+    monkeypatch.setenv("MYOPIA_EXPECTED_VERSION", env["MYOPIA_EXPECTED_VERSION"])
+    monkeypatch.setenv("MYOPIA_VERSION", "def456")
+    assert main([str(spec)]) == 4
+    error = json.loads(capsys.readouterr().out.split(ERROR_MARK, 1)[1])
+    assert error["kind"] == "environment" and "version def456" in error["message"] and "abc123" in error["message"]
+    monkeypatch.setenv("MYOPIA_VERSION", "abc123")
+    assert version_problem() is None  # the same version passes
