@@ -621,6 +621,7 @@ def test_kubectl_reads_the_manifests_as_these_tests_do(tmp_path):
         "resources": ["raycluster.yaml"],
         "images": [{"name": "ghcr.io/your-org/myopia", "newName": "registry.example.com/me/myopia"}],
     }))  # fmt: skip
+
     def images(node: object) -> set[str]:
         if isinstance(node, dict):
             return {node["image"]} if "image" in node else set().union(*map(images, node.values()))
