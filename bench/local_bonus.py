@@ -2,7 +2,7 @@
 frozen past (its final checkpoint), then the bonus (vanilla − local) per size with its intervals over seeds and over
 held-out sequences, next to the sweep's gap.
 
-    python bench/local_bonus.py SWEEP_ID --json docs/figures/local_bonus.json   [--parallel 2] [--sizes 0.1m 0.4m]
+    python bench/local_bonus.py SWEEP_ID --json docs/figures/local_bonus.json [--parallel 2] [--sizes 0.1m] [--merge]
 
 The local arms are the sweep's vanilla specs with `attention.mode: local` and `past_from` the vanilla run (what a
 sweep with arms [vanilla, myopic, local] plans; here the vanilla runs already exist, so they are not trained again).
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--parallel", type=int, default=2, help="local arms trained at once (one core each)")
     ap.add_argument("--sizes", nargs="*", help="only these sizes (labels) of the sweep")
+    ap.add_argument("--merge", action="store_true", help="keep the other sizes already in --json (run earlier)")
     args = ap.parse_args()
     db = connect(Settings().database)
     sweep = get_sweep(db, args.sweep)
@@ -88,8 +89,15 @@ def main() -> None:
     print(f"local myopia bonus on sweep {args.sweep} (vanilla − local; > 0: the local arm is better)\n")
     print("\n".join(sweep_report.bonus_table({"sizes": sizes})))
     if args.json:
+        command = "python bench/local_bonus.py " + " ".join(sys.argv[1:])
+        if args.merge and args.json.exists():  # the other sizes' rows as an earlier command wrote them
+            before = json.loads(args.json.read_text())
+            done = {row["size"] for row in sizes}
+            command = f"{before['command']}; then {command}"
+            sizes = [row for row in before["sizes"] if row["size"] not in done] + sizes
+            runs = [run for run in before["runs"] if run["size"] not in done] + runs
         doc = {
-            "command": "python bench/local_bonus.py " + " ".join(sys.argv[1:]),
+            "command": command,
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, 2 cores",
             "sweep_id": args.sweep,
             "sizes": sizes,
