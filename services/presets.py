@@ -47,7 +47,7 @@ CONTEXT_RUN: dict[str, Any] = {
 MULTIPLICATION_RUN: dict[str, Any] = {
     "model": {"overrides": {"num_hidden_layers": 4, "hidden_size": 128, "num_attention_heads": 4}},
     "data": {"kind": "multiplication", "max_digits": 2, "pad": 2},
-    "train": {"steps": 3000, "global_batch": 64, "micro_batch": 64},
+    "train": {"steps": 4000, "global_batch": 64, "micro_batch": 64},
     "optimizer": {"lr": 2e-3, "warmup_frac": 0.05},
     "resources": {"zero_stage": 0, "workers": 1, "cpus_per_worker": 1},
     "eval": {"held_out_sequences": 2048},
@@ -221,7 +221,7 @@ PRESETS: dict[str, Preset] = {
     "multiplication-cpu": Preset(
         doc="Multiplication with filler positions (the paper's appendix) on one core per arm: reversed-digit "
         "products of 1–2-digit operands, padded to 2 digits (run.data.pad: 8 for 6 filler positions per operand), "
-        "a 4-layer GPT-NeoX of width 128 from scratch, 3,000 steps of 64 fresh samples, 3 seeds; exact-match "
+        "a 4-layer GPT-NeoX of width 128 from scratch, 4,000 steps of 64 fresh samples, 3 seeds; exact-match "
         "accuracy by operand length.",
         sizes=["14m"],
         seeds=[0, 1, 2],
