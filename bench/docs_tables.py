@@ -129,6 +129,20 @@ def local_bonus() -> list[str]:
     return sweep_report.bonus_table({"sizes": load("local_bonus.json")["sizes"]})
 
 
+def text_calibration() -> list[str]:
+    """docs/results.md: the text ladder's calibration rows (bench/text_calibration.py --json)."""
+    lines = []
+    for r in load("text_calibration.json")["rows"]:
+        loss, (lo, hi) = r["loss"], r["gap_eval_ci95"]
+        benefit = loss["bigram"] - loss["vanilla"]
+        share = f"{r['share_lost']:.3f}" if benefit > 0 else "— (no benefit yet)"
+        lines.append(
+            f"| {r['size']} | {r['steps']} | {loss['vanilla']:.4f} | {loss['myopic']:.4f} | {loss['bigram']:.4f} | "
+            f"{r['gap']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {benefit:+.4f} | {share} | {r['s_per_step']['vanilla']:.2f} |"
+        )
+    return lines
+
+
 def multiplication() -> list[str]:
     """docs/results.md: multiplication with and without filler positions (bench/filler_report.py)."""
     import filler_report
@@ -150,7 +164,9 @@ def context() -> list[str]:
 RENDERERS = {
     "docs/performance.md": bench_cpu,
     "docs/science.md": lambda: dp_baseline() + interval_coverage(),
-    "docs/results.md": lambda: synthetic_cpu() + cpu_ladder() + demo() + local_bonus() + multiplication() + context(),
+    "docs/results.md": lambda: (
+        synthetic_cpu() + cpu_ladder() + demo() + text_calibration() + local_bonus() + multiplication() + context()
+    ),
 }
 
 

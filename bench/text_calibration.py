@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,12 +58,14 @@ def main() -> None:
     ap.add_argument("--arms", default="vanilla,myopic,bigram")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--run", default="{}", help="JSON overrides of the preset's run template")
+    ap.add_argument("--json", type=Path, help="also append the rows to this file (with the command that made them)")
     args = ap.parse_args()
     from services.presets import PRESETS
 
     sizes = args.sizes.split(",") if args.sizes else PRESETS[args.preset].sizes
     print("| size | arm | held-out loss | s/step |")
     print("|---|---|---|---|")
+    rows = []
     for size in sizes:
         base = preset_run(args.preset, size=size, seed=args.seed, run=json.loads(args.run))
         out = {}
@@ -69,10 +75,27 @@ def main() -> None:
         v, m = (np.array(out[a][0]["per_sequence"]) for a in ("vanilla", "myopic"))
         gap, ci = float((m - v).mean()), blocked_interval(m - v)
         line = f"{size}: gap {gap:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}] over {len(v)} held-out sequences"
+        row = {
+            "size": size,
+            "steps": base.train.steps,
+            "seed": args.seed,
+            "gap": gap,
+            "gap_eval_ci95": list(ci),
+            "loss": {a: o[0]["loss"] for a, o in out.items()},
+            "s_per_step": {a: o[1] for a, o in out.items()},
+        }
         if "bigram" in out:
             b = np.array(out["bigram"][0]["per_sequence"])
-            line += f"; bigram − vanilla {float((b - v).mean()):+.4f}, share lost {gap / float((b - v).mean()):.3f}"
+            row["share_lost"] = gap / float((b - v).mean())
+            line += f"; bigram − vanilla {float((b - v).mean()):+.4f}, share lost {row['share_lost']:.3f}"
         print(line, flush=True)
+        rows.append(row)
+    if args.json:
+        doc = json.loads(args.json.read_text()) if args.json.exists() else {"commands": [], "rows": []}
+        doc["commands"].append("python bench/text_calibration.py " + " ".join(sys.argv[1:]))
+        doc["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s) per arm"
+        doc["rows"] += rows
+        args.json.write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

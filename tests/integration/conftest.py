@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,10 @@ def _pg_bin() -> Path:
     return Path(found[-1]).parent
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
+@contextmanager
+def postgres(superuser: str = "myopia", auth_host: str = "trust") -> Iterator[tuple[str, Callable[..., None], Path]]:
+    """A fresh PostgreSQL server on loopback: (its URL as `superuser`, a runner of its binaries as its user, its
+    socket folder). TCP logins take `auth_host`; the socket trusts its users."""
     bindir = _pg_bin()
     root = Path(tempfile.mkdtemp(prefix="myopia-pg-"))  # under /tmp: the server's user must reach it
     as_user: list[str] = []
@@ -37,17 +41,24 @@ def postgres_server():
     port = free_port()
     data = root / "data"
 
-    def pg(*cmd: str) -> None:
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)
+    def pg(*cmd: str, **kw) -> None:
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, **kw)
 
-    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "myopia", "--no-sync", "-E", "UTF8")
+    auth = ["--auth-local=trust", f"--auth-host={auth_host}"]
+    pg(str(bindir / "initdb"), "-D", str(data), *auth, "-U", superuser, "--no-sync", "-E", "UTF8")
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     pg(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
     try:
-        yield f"postgresql+psycopg2://myopia@127.0.0.1:{port}"
+        yield f"postgresql+psycopg2://{superuser}@127.0.0.1:{port}", pg, root
     finally:
         pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    with postgres() as (url, _, _):
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

