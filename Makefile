@@ -28,10 +28,12 @@ $(STAMP): pyproject.toml requirements.lock
 
 TORCH := torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# torch alone (--no-deps: its dependencies come from the lock, never from the CPU index beside PyPI)
 torch-cpu:
-	@$(BIN)/pip install -q $(PIP_FLAGS) $(TORCH) 2>/dev/null && echo "$(TORCH): from a local wheel directory" || { \
-		echo "$(TORCH): no local wheel; from $(TORCH_INDEX)"; \
-		$(BIN)/pip install -q $(PIP_FLAGS) $(TORCH) --extra-index-url $(TORCH_INDEX); }
+	@$(BIN)/pip install -q --no-deps $(PIP_FLAGS) $(TORCH) 2>/dev/null \
+		&& echo "$(TORCH): from the wheel directories and indexes pip is configured with" || { \
+		echo "$(TORCH): not among them; from $(TORCH_INDEX)"; \
+		$(BIN)/pip install -q --no-deps $(PIP_FLAGS) $(TORCH) --index-url $(TORCH_INDEX); }
 
 demo: install
 	$(BIN)/myopia demo --json-out $(MYOPIA_DATA_DIR)/demo-results.json

@@ -369,12 +369,16 @@ def sweep_delete(sweep_id: str, yes: bool) -> None:
     """Delete an ended sweep for good: its runs, their MLflow runs and checkpoints (cancel it first if it runs)."""
     if not yes:
         click.confirm(f"delete sweep {sweep_id}, its MLflow runs and its checkpoints?", abort=True)
-    show(
-        _call("DELETE", f"/v1/sweeps/{sweep_id}").json(),
-        lambda d: f"sweep {sweep_id} deleted: {d['mlflow_runs_deleted']} MLflow runs, {d['checkpoints_deleted']} "
-        "checkpoint folders" + (f"; not reachable from the control plane, remove there: "
-                                f"{', '.join(d['storage_not_reachable'])}" if d["storage_not_reachable"] else ""),
-    )  # fmt: skip
+
+    def render(d: dict) -> str:
+        line = f"sweep {sweep_id} deleted: {d['mlflow_runs_deleted']} MLflow runs, {d['checkpoints_deleted']} folders"
+        if d["mlflow_runs_not_deleted"]:
+            line += f"; MLflow runs left (delete them there): {', '.join(d['mlflow_runs_not_deleted'])}"
+        if d["storage_not_reachable"]:
+            line += f"; checkpoints not reachable here (remove them there): {', '.join(d['storage_not_reachable'])}"
+        return line
+
+    show(_call("DELETE", f"/v1/sweeps/{sweep_id}").json(), render)
 
 
 @sweep.command("results")
@@ -424,18 +428,27 @@ def run_show(run_id: str) -> None:
 def run_logs(run_id: str, tail: int, follow_log: bool) -> None:
     """The current attempt's job log (its tail), or with --follow, followed to the run's end."""
     api = Api.from_env()
+    attempt = api.call("GET", f"/v1/runs/{run_id}").json()["attempt"]
     r = api.call("GET", f"/v1/runs/{run_id}/logs", params={"tail": tail})
     click.echo(r.text, nl=False)
     at = int(r.headers.get("x-log-size", len(r.content)))
+    ended = False
     while follow_log:
         piece = api.call("GET", f"/v1/runs/{run_id}/logs", params={"offset": at, "length": 2**20})
         if piece.content:
-            click.echo(piece.text, nl=False)
+            click.echo(piece.content.decode(errors="replace"), nl=False)
             at += len(piece.content)
             continue
-        if api.call("GET", f"/v1/runs/{run_id}").json()["status"] in TERMINAL:
+        if ended:  # one last read after the run ended: nothing written before its end is lost
             return
-        time.sleep(2)
+        state = api.call("GET", f"/v1/runs/{run_id}").json()
+        if state["attempt"] != attempt:  # a new attempt, a new job, a new log
+            attempt, at = state["attempt"], 0
+            click.echo(f"--- attempt {attempt} ---")
+            continue
+        ended = state["status"] in TERMINAL
+        if not ended:
+            time.sleep(2)
 
 
 @run.command("cancel")

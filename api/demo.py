@@ -62,7 +62,8 @@ def stop(server: subprocess.Popen) -> None:
 # own server refuse its client (401), a cluster address would send its runs there, another store or tracking server
 # would get its sweeps. Only where data lives and how many runs at once carry over.
 KEPT = ("MYOPIA_DATA_DIR", "MYOPIA_MAX_CONCURRENT_RUNS")
-FOREIGN = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN")
+FOREIGN = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI",
+           "MLFLOW_TRACKING_TOKEN")  # fmt: skip
 
 
 def demo_env(environ: dict[str, str] | os._Environ) -> dict[str, str]:

@@ -18,6 +18,7 @@ from cluster.local import EmbeddedHead
 from services import retention, scheduler, sweep_tracking
 from services.reconciler import Reconciler
 from services.settings import Settings
+from services.store import at_head
 
 log = logging.getLogger("myopia.background")
 
@@ -92,9 +93,23 @@ def control_plane(
     if settings.retention_days:
         days, env = settings.retention_days, settings.job_env()
         components.append(Component("retention", 3600.0, lambda: retention.prune(db, days, env)))
+    if not settings.migrate_on_start:  # nothing touches a store of another schema until `myopia db upgrade`
+        components = [gated(c, lambda: at_head(db)) for c in components]
     if head is not None:
         components.append(Component("ray-head", 5.0, lambda: supervise(head)))
     return Background(components)
+
+
+def gated(component: Component, ready: Callable[[], bool]) -> Component:
+    """The component, ticking only once `ready()` has said yes (and from then on)."""
+    opened = False
+
+    def tick() -> object:
+        nonlocal opened
+        opened = opened or ready()
+        return component.tick() if opened else None
+
+    return Component(component.name, component.period_s, tick)
 
 
 def supervise(head: EmbeddedHead) -> None:

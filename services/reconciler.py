@@ -181,6 +181,11 @@ class Reconciler:
             return
         reported = job_error(logs)  # what the job said went wrong, where it could tell
         message = self.jobs.message(run.submission_id) or ""
+        if reported and reported["kind"] == "version":  # the cluster's images, not the run: wait for the upgrade
+            run.attempt += 1
+            run.not_before = datetime.now(UTC) + timedelta(seconds=6 * self.backoff_s)  # a minute by default
+            run.set_status(RunStatus.QUEUED, f"waiting for the cluster's upgrade: {reported['message'][:500]}")
+            return
         if reported:
             self._failed(
                 run, f"{reported['kind']} error: {reported['message']}", permanent=reported["kind"] in PERMANENT

@@ -12,7 +12,7 @@ from pyarrow import fs
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from services.store import TERMINAL, Run, Sweep, now
+from services.store import TERMINAL, Run, Schedule, Sweep, now
 from services.sweeps import Deleted, delete_sweep
 from trainers.job_protocol import is_uri, progress_file, run_storage
 
@@ -30,7 +30,7 @@ def _mlflow(gone: Deleted) -> dict:
     """MLflow runs are marked deleted (`mlflow gc` purges them): the sweep's, its pairs' and its runs' (found by
     their parent too, so a run whose job died before reporting its id goes as well)."""
     if not gone.mlflow_uri or not gone.mlflow_runs:
-        return {"mlflow_runs_deleted": 0}
+        return {"mlflow_runs_deleted": 0, "mlflow_runs_not_deleted": []}
     client = MlflowClient(gone.mlflow_uri)
     ids = set(gone.mlflow_runs)
     try:
@@ -40,14 +40,15 @@ def _mlflow(gone: Deleted) -> dict:
             ids |= {r.info.run_id for r in children}
     except MlflowException as e:
         log.warning("MLflow runs of deleted sweep %s: searching children failed: %s", gone.sweep_id, e)
-    deleted = 0
-    for run_id in ids:
+    deleted, left = 0, []
+    for run_id in sorted(ids):
         try:
             client.delete_run(run_id)
             deleted += 1
-        except MlflowException as e:  # already deleted, or gone with its store
-            log.info("MLflow run %s of deleted sweep %s: %s", run_id, gone.sweep_id, e)
-    return {"mlflow_runs_deleted": deleted}
+        except MlflowException as e:  # already deleted, gone with its store, or MLflow down: named, not lost
+            log.warning("MLflow run %s of deleted sweep %s: %s", run_id, gone.sweep_id, e)
+            left.append(run_id)
+    return {"mlflow_runs_deleted": deleted, "mlflow_runs_not_deleted": left}
 
 
 def _checkpoints(gone: Deleted, job_env: dict[str, str]) -> dict:
@@ -74,13 +75,15 @@ def _checkpoints(gone: Deleted, job_env: dict[str, str]) -> dict:
 
 
 def prune(db: sessionmaker, retention_days: float, job_env: dict[str, str]) -> list[str]:
-    """Delete every sweep that ended more than `retention_days` ago (its last change); a schedule's chain keeps
-    the rest. Returns the deleted ids."""
+    """Delete every sweep that ended more than `retention_days` ago (its last change), except a live schedule's
+    latest sweep: its next sweep's drift test reads it. Returns the deleted ids."""
     cutoff = now() - timedelta(days=retention_days)
     with db() as s:
         open_sweeps = select(Run.sweep_id).where(Run.status.not_in(TERMINAL) | Run.job_live)
+        compared = select(Schedule.last_sweep_id).where(Schedule.enabled, Schedule.last_sweep_id.is_not(None))
         old = list(s.scalars(select(Sweep.id).where(Sweep.status.in_(TERMINAL), Sweep.updated_at < cutoff,
-                                                    Sweep.id.not_in(open_sweeps)).limit(100)))  # fmt: skip
+                                                    Sweep.id.not_in(open_sweeps), Sweep.id.not_in(compared))
+                             .limit(100)))  # fmt: skip
     deleted = []
     for sweep_id in old:
         try:

@@ -1,9 +1,11 @@
 """Scheduled sweeps: a cron expression and a sweep template; each tick of the cron creates one sweep, linked to the
 previous one, exactly once, across restarts and concurrent control planes.
 
-A tick's sweep carries the Idempotency-Key `schedule:<id>:<tick time>`, so a tick repeated after a crash (between
-creating the sweep and recording the tick) returns the sweep it already made. Ticks missed while the control plane
-was down collapse into the latest one: a schedule catches up once, not once per missed tick.
+A tick's sweep carries the Idempotency-Key `schedule:<id>:<revision>:<tick time>`, so a tick repeated after a crash
+(between creating the sweep and recording the tick) returns the sweep it already made. The tick is recorded only if
+the schedule is as the tick read it (no edit, pause or other tick since); else its new sweep is cancelled. Ticks
+missed while the control plane was down collapse into the latest one: a schedule catches up once, not once per
+missed tick.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.errors import InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
 from services.store import Schedule, Sweep, new_id
-from services.sweeps import create_sweep, decode_time_cursor, encode_cursor
+from services.sweeps import cancel_sweep, create_sweep, decode_time_cursor, encode_cursor
 from trainers.spec import Strict
 
 log = logging.getLogger("myopia.scheduler")
@@ -107,6 +109,7 @@ def edit_schedule(
         if restart:
             latest_tick = croniter(schedule.cron, now or datetime.now(UTC)).get_prev(datetime)
             schedule.last_fired_at = max(_utc(schedule.last_fired_at or schedule.created_at), latest_tick)
+        schedule.revision += 1  # a tick in flight that read the schedule before this edit records nothing
     return schedule
 
 
@@ -117,7 +120,11 @@ def run_now(db: sessionmaker, schedule_id: str, **plan_options: object) -> Sweep
         schedule = _live(s, schedule_id)
     request = SweepRequest.model_validate(schedule.template)
     sweep, _ = create_sweep(db, request, idempotency_key=f"schedule:{schedule.id}:now:{new_id('t')}", **plan_options)
-    _link(db, schedule, sweep.id)
+    for _ in range(5):  # a tick that links its sweep first moves the chain on: link after whatever is latest now
+        if _link(db, schedule, sweep.id, compare=(Schedule.last_sweep_id,)):
+            break
+        with db() as s:
+            schedule = _live(s, schedule_id)
     return sweep
 
 
@@ -186,20 +193,31 @@ def _fire(db: sessionmaker, schedule: Schedule, now: datetime, **plan_options: o
     if due <= since:
         return None
     request = SweepRequest.model_validate(schedule.template)
-    sweep, _ = create_sweep(db, request, idempotency_key=f"schedule:{schedule.id}:{due.isoformat()}", **plan_options)
-    return sweep.id if _link(db, schedule, sweep.id, fired_at=due) else None
+    key = f"schedule:{schedule.id}:{schedule.revision}:{due.isoformat()}"  # an edited template is another request
+    sweep, created = create_sweep(db, request, idempotency_key=key, **plan_options)
+    if _link(db, schedule, sweep.id, fired_at=due):
+        return sweep.id
+    if created:  # an edit, a pause or another control plane got there first: this tick's sweep is not wanted
+        cancel_sweep(db, sweep.id)
+    return None
 
 
-def _link(db: sessionmaker, schedule: Schedule, sweep_id: str, fired_at: datetime | None = None) -> bool:
-    """Record the sweep as the schedule's latest (and the tick, if it is one) only if nobody did it first; link it
-    to the schedule's previous sweep."""
+TICK_COMPARES = (Schedule.last_sweep_id, Schedule.last_fired_at, Schedule.revision, Schedule.paused, Schedule.enabled)
+
+
+def _link(
+    db: sessionmaker,
+    schedule: Schedule,
+    sweep_id: str,
+    fired_at: datetime | None = None,
+    compare: tuple = TICK_COMPARES,
+) -> bool:
+    """Record the sweep as the schedule's latest (and the tick, if it is one) only if the schedule is still as it
+    was read (`compare`'s columns: no tick recorded, no edit, no pause since); link it to its previous sweep."""
     with db.begin() as s:
         values = {"last_sweep_id": sweep_id, **({"last_fired_at": fired_at} if fired_at else {})}
-        won = s.execute(
-            update(Schedule)
-            .where(Schedule.id == schedule.id, Schedule.last_sweep_id.is_not_distinct_from(schedule.last_sweep_id))
-            .values(**values)
-        ).rowcount
+        unchanged = [column.is_not_distinct_from(getattr(schedule, column.key)) for column in compare]
+        won = s.execute(update(Schedule).where(Schedule.id == schedule.id, *unchanged).values(**values)).rowcount
         if won:
             s.execute(
                 update(Sweep)

@@ -6,6 +6,7 @@ SQLAlchemy 2 models; the schema is created and upgraded by Alembic (`services/mi
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable
@@ -155,6 +156,7 @@ class Schedule(Base):
     template: Mapped[dict] = mapped_column(JSON)
     enabled: Mapped[bool] = mapped_column(default=True)  # False: deleted (its sweeps keep their link)
     paused: Mapped[bool] = mapped_column(default=False)  # kept, not firing; resumed at the next tick, not the missed
+    revision: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every edit: a tick's record compares it
     last_fired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_sweep_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -177,10 +179,20 @@ class StoreUnavailable(RuntimeError):
     """The database cannot be used safely (its file deleted or replaced); nothing is written until it can."""
 
 
+@functools.cache
 def head_revision() -> str:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def at_head(db: sessionmaker) -> bool:
+    """Whether the store's schema is this code's (False too when it cannot be read)."""
+    try:
+        with db() as s:
+            return s.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
+    except Exception:  # noqa: BLE001 - unreadable is not at head
+        return False
 
 
 def current_revision(url: str) -> str | None:

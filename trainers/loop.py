@@ -16,7 +16,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from trainers.job_protocol import CHECKPOINT_TAG
+from trainers.job_protocol import CHECKPOINT_TAG, version_problem
 from trainers.runtime import check_cuda, configure_deepspeed_env
 from trainers.spec import RunSpec
 from trainers.speedups import adamw, fuse_loss, speedups
@@ -66,6 +66,8 @@ def _whole_state_dict(engine: Any, stage: int) -> dict[str, torch.Tensor]:
 def train_loop(config: dict[str, Any]) -> None:
     marks = {"worker_start": time.time()}  # wall-clock marks of the fixed costs (bench/run_overhead.py)
     spec = RunSpec.model_validate_json(config["spec"])
+    if problem := version_problem():  # this worker's node may run another image than the driver's head
+        raise RuntimeError(problem)
     if spec.resources.gpus_per_worker > 0:
         check_cuda()
     if not torch.cuda.is_available():  # the cores this worker reserved, not every core of the node (OMP's default)

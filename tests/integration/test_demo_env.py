@@ -20,6 +20,7 @@ def test_the_demo_ignores_a_hostile_environment(tmp_path, monkeypatch):
         "MLFLOW_TRACKING_URI": dead,
         "MYOPIA_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
         "MYOPIA_RESOURCE_PROFILE": "no-such-profile",
+        "RAY_AUTH_TOKEN": "another-clusters-token",
     }
     for k, v in hostile.items():
         monkeypatch.setenv(k, v)

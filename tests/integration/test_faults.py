@@ -91,6 +91,23 @@ def test_a_poisoned_run_and_a_failing_submission_do_not_stop_the_queue(head, tmp
     assert any(m.startswith("retry in 1 s") for m in events) and any(m.startswith("retry in 2 s") for m in events)
 
 
+def test_a_cluster_of_another_version_holds_the_run_until_it_is_upgraded(head, tmp_path):
+    """The job's node runs an image of another version than the control plane's: the job refuses at once, and the
+    run waits in the queue, not failed, no failure counted, until the cluster carries the control plane's version."""
+    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
+    sweep, _ = create_sweep(db, SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"]}))
+    run_id = sweep.runs[0].id
+    old_cluster = {"MYOPIA_DATA_DIR": str(head["root"]), "MYOPIA_EXPECTED_VERSION": "v2", "MYOPIA_VERSION": "v1"}
+    rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, backoff_s=0.5, job_env=old_cluster)
+    until(lambda: any("waiting for the cluster's upgrade" in (e.message or "") for e in get_run(db, run_id).events),
+          tick=rec.tick, timeout=240)  # fmt: skip
+    held = get_run(db, run_id)
+    assert held.status == "queued" and held.failures == 0 and "image is version v1" in held.events[-1].message
+    rec.job_env = {**old_cluster, "MYOPIA_VERSION": "v2"}  # upgraded
+    until(lambda: get_run(db, run_id).status in ("succeeded", "failed"), tick=rec.tick, timeout=300)
+    assert get_run(db, run_id).status == "succeeded"
+
+
 def embedded_serve(tmp_path: Path) -> ServeProcess:
     data = tmp_path / "data"
     cache = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")) / "torch_extensions"

@@ -102,6 +102,20 @@ def test_a_paused_schedule_skips_its_ticks_and_resumes_at_the_next_one(db, tmp_p
         edit(cron="0 0 30 2 *")
 
 
+def test_a_pause_or_edit_that_lands_mid_tick_wins(db):
+    """The tick read the schedule, then a pause (or an edit) landed before it recorded itself: the tick records
+    nothing and cancels the sweep it made; the next tick after resuming fires from the resume on."""
+    schedule = add(db)
+    stale = scheduler.list_schedules(db)[0][0]  # as tick() read it
+    scheduler.edit_schedule(db, schedule.id, scheduler.ScheduleEdit(paused=True))
+    assert scheduler._fire(db, stale, T0) is None
+    (made,) = [i["sweep"] for i in list_sweeps(db)[0]]
+    assert made.status == "cancelled" and made.schedule_id is None
+    assert scheduler.list_schedules(db)[0][0].last_sweep_id is None
+    run_now = scheduler.run_now(db, schedule.id)  # while paused: still linked, after whatever is latest
+    assert scheduler.list_schedules(db)[0][0].last_sweep_id == run_now.id
+
+
 def test_drift_is_a_paired_test_against_the_previous_sweep(db):
     """A rerun reuses its seeds: its gaps are compared seed by seed with the previous sweep's (Holm across sizes)."""
     add(db)

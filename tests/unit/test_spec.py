@@ -80,8 +80,9 @@ def test_lr_defaults_to_the_size():
 
 
 def test_a_worker_image_of_another_version_fails_the_job_at_once(tmp_path, monkeypatch, capsys):
-    """The control plane gives each job its own version (Settings.job_env); a worker image built from another
-    commit refuses the job before any worker starts, as an environment error (never retried), naming both."""
+    """The control plane gives each job its own version (Settings.job_env); a head image built from another commit
+    refuses the job before any worker starts, as a version error naming both (the control plane holds the run in
+    the queue: tests/integration/test_faults.py)."""
     from services.settings import Settings
     from trainers.entry import main
     from trainers.job_protocol import ERROR_MARK, version_problem
@@ -94,6 +95,6 @@ def test_a_worker_image_of_another_version_fails_the_job_at_once(tmp_path, monke
     monkeypatch.setenv("MYOPIA_VERSION", "def456")
     assert main([str(spec)]) == 4
     error = json.loads(capsys.readouterr().out.split(ERROR_MARK, 1)[1])
-    assert error["kind"] == "environment" and "version def456" in error["message"] and "abc123" in error["message"]
+    assert error["kind"] == "version" and "version def456" in error["message"] and "abc123" in error["message"]
     monkeypatch.setenv("MYOPIA_VERSION", "abc123")
     assert version_problem() is None  # the same version passes
