@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -92,7 +93,7 @@ def main() -> None:
         rows.append(row)
     if args.json:
         doc = json.loads(args.json.read_text()) if args.json.exists() else {"commands": [], "rows": []}
-        doc["commands"].append("python bench/text_calibration.py " + " ".join(sys.argv[1:]))
+        doc["commands"].append("python bench/text_calibration.py " + shlex.join(sys.argv[1:]))
         doc["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s) per arm"
         doc["rows"] += rows
         args.json.write_text(json.dumps(doc, indent=1))
