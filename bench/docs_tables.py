@@ -129,6 +129,13 @@ def local_bonus() -> list[str]:
     return sweep_report.bonus_table({"sizes": load("local_bonus.json")["sizes"]})
 
 
+def local_control() -> list[str]:
+    """docs/results.md: the local arm against vanilla trained for its whole budget (bench/local_control.py)."""
+    import local_control
+
+    return local_control.table(load("local_control.json")["sizes"])
+
+
 def text_calibration() -> list[str]:
     """docs/results.md: the text ladder's calibration rows (bench/text_calibration.py --json)."""
     lines = []
