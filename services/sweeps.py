@@ -251,10 +251,10 @@ def delete_sweep(db: sessionmaker, sweep_id: str) -> Deleted:
     """Remove an ended sweep from the store (its runs, pairs and histories); a sweep with a run still open or a job
     still being stopped is a Conflict: cancel it first. Later sweeps of its schedule lose their link to it."""
     with db.begin() as s:
+        s.execute(select(Run.id).where(Run.sweep_id == sweep_id).with_for_update())  # a retry racing this waits
         sweep = s.scalars(_loaded(s).where(Sweep.id == sweep_id).with_for_update()).one_or_none()
         if sweep is None:
             raise NotFound(f"no sweep {sweep_id!r}")
-        s.execute(select(Run.id).where(Run.sweep_id == sweep_id).with_for_update())  # a retry racing this waits
         busy = [r.id for r in sweep.runs if r.status not in TERMINAL or r.job_live]
         if busy:
             raise Conflict(f"sweep {sweep_id} has {len(busy)} run(s) not ended (e.g. {busy[0]}); cancel it first")
