@@ -269,6 +269,11 @@ def test_cluster_launcher_config_validates_against_rays_schema():
     (head_start,) = [c for c in config["head_start_ray_commands"] if c.startswith("ray start")]
     assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
     assert all(t["node_config"]["SecurityGroupIds"] for t in config["available_node_types"].values())  # NFS in
+    (fetch,) = config["head_setup_commands"]  # the data onto the shared storage, in the image that has `myopia`
+    parses(shlex.split(fetch))
+    from trainers.corpora import CORPORA
+
+    assert set(shlex.split(fetch)[3:]) == set(CORPORA)
 
 
 def test_a_driver_too_old_for_torchs_cuda_is_named_in_one_line():
