@@ -35,17 +35,21 @@ from services.sweeps import get_sweep  # noqa: E402
 from trainers.spec import RunSpec  # noqa: E402
 
 
-def train_local(vanilla_run, work: Path) -> dict:
-    spec = RunSpec.model_validate(vanilla_run.spec)
-    name = vanilla_run.id.removesuffix("-vanilla") + "-local"
-    spec = spec.arm("local", past_from=vanilla_run.id).model_copy(update={"name": name})
-    path, out = work / f"{name}.json", work / f"{name}.result.json"
+def train(spec: RunSpec, work: Path) -> dict:
+    """One run through the real run path (`python -m trainers.entry`: Ray Train, DeepSpeed): its result, wall time."""
+    path, out = work / f"{spec.name}.json", work / f"{spec.name}.result.json"
     path.write_text(spec.model_dump_json())
     began = time.time()
     done = subprocess.run([sys.executable, "-m", "trainers.entry", str(path), "--out", str(out)], capture_output=True)
     if done.returncode:
-        raise RuntimeError(f"{name} failed:\n{done.stdout.decode()[-3000:]}\n{done.stderr.decode()[-3000:]}")
+        raise RuntimeError(f"{spec.name} failed:\n{done.stdout.decode()[-3000:]}\n{done.stderr.decode()[-3000:]}")
     return {**json.loads(out.read_text()), "wall_s": time.time() - began}
+
+
+def train_local(vanilla_run, work: Path) -> dict:
+    name = vanilla_run.id.removesuffix("-vanilla") + "-local"
+    spec = RunSpec.model_validate(vanilla_run.spec).arm("local", past_from=vanilla_run.id)
+    return train(spec.model_copy(update={"name": name}), work)
 
 
 def main() -> None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import local_bonus  # noqa: E402 - bench/ is on sys.path: this file's own folder
 
 from services.gap_stats import mean_interval  # noqa: E402
 from services.results import _label, _loss  # noqa: E402
@@ -35,16 +35,9 @@ FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
 def train_longer(vanilla_run, steps: int, work: Path) -> dict:
     spec = RunSpec.model_validate(vanilla_run.spec)
-    name = f"{vanilla_run.id}-{steps}"
-    spec = spec.model_copy(update={"name": name, "train": spec.train.model_copy(update={"steps": steps})})
-    spec = RunSpec.model_validate(spec.model_dump())  # re-validated with its new step count
-    path, out = work / f"{name}.json", work / f"{name}.result.json"
-    path.write_text(spec.model_dump_json())
-    began = time.time()
-    done = subprocess.run([sys.executable, "-m", "trainers.entry", str(path), "--out", str(out)], capture_output=True)
-    if done.returncode:
-        raise RuntimeError(f"{name} failed:\n{done.stdout.decode()[-3000:]}\n{done.stderr.decode()[-3000:]}")
-    return {**json.loads(out.read_text()), "wall_s": time.time() - began}
+    train = {**spec.train.model_dump(), "steps": steps}
+    longer = {**spec.model_dump(), "name": f"{vanilla_run.id}-{steps}", "train": train}
+    return local_bonus.train(RunSpec.model_validate(longer), work)  # re-validated with its new step count
 
 
 def main() -> None:
