@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DatabaseError, IntegrityError, ProgrammingError
+from sqlalchemy.orm.exc import StaleDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.errors import Conflict, InvalidRequest, NotFound
@@ -21,19 +22,31 @@ def error(code: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=code, content={"error": kind, "message": message})
 
 
-def invalid(errors: list[tuple[str, str]]) -> JSONResponse:
-    """422 naming each field by its path in the request (`run.train.steps`)."""
-    fields = [{"field": field if field != "(top level)" else "body", "message": msg} for field, msg in errors]
+MAX_ERRORS = 20  # a body of 70,000 bad keys is answered with the first few and a count, not megabytes
+
+
+def invalid(errors: list[tuple[str, str]], total: int | None = None) -> JSONResponse:
+    """422 naming each field by its path in the request (`run.train.steps`): the first MAX_ERRORS, and how many
+    (`total`, where only the first were named)."""
+    total = len(errors) if total is None else total
+    fields = [
+        {"field": field if field != "(top level)" else "body", "message": msg[:500]}
+        for field, msg in errors[:MAX_ERRORS]
+    ]
     message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-    return JSONResponse(status_code=422, content={"error": "validation", "message": message, "detail": fields})
+    if total > len(fields):
+        message += f"; and {total - len(fields):,} more errors"
+    content = {"error": "validation", "message": message, "detail": fields, "error_count": total}
+    return JSONResponse(status_code=422, content=content)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:
-        return invalid(
-            [(error_path({**err, "loc": [p for p in err["loc"] if p != "body"]}), err["msg"]) for err in e.errors()]
-        )
+        errors = e.errors()
+        named = [(error_path({**err, "loc": [p for p in err["loc"] if p != "body"]}), err["msg"])
+                 for err in errors[:MAX_ERRORS]]  # fmt: skip
+        return invalid(named, total=len(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -54,6 +67,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_: Request, e: Conflict) -> JSONResponse:
         return error(409, "conflict", str(e))
+
+    @app.exception_handler(StaleDataError)
+    async def _changed(_: Request, e: StaleDataError) -> JSONResponse:
+        # the row kept changing under a compare-and-set (services.store.changing gave up): nothing was written
+        return error(409, "conflict", "the resource changed while the request was applied; try again")
 
     @app.exception_handler(StoreUnavailable)
     async def _store_unavailable(_: Request, e: StoreUnavailable) -> JSONResponse:

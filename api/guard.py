@@ -23,6 +23,10 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if sum(k.lower() == b"authorization" for k, _ in scope["headers"]) > 1:  # which one counts is ambiguous
+            return await _answer(send, 400, "bad_request", "more than one Authorization header")
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b"").lower():
+            return await _answer(send, 400, "bad_request", "a NUL byte in the path or query")
         scope.setdefault("state", {})["authorized"] = self._authorized(headers)  # /readyz shows detail only then
         if scope["path"].startswith(self.prefixes) and not scope["state"]["authorized"]:
             return await _answer(send, 401, "unauthorized", "a bearer token is required: Authorization: Bearer <token>",

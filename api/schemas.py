@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, Field
 
 from trainers.models import shape_label
 
@@ -103,9 +103,16 @@ class RunPage(BaseModel):
     next_cursor: str | None
 
 
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
 class ErrorOut(BaseModel):
     error: str
     message: str
+    detail: list[FieldError] | None = Field(None, description="422: the first 20 fields at fault")
+    error_count: int | None = Field(None, description="422: how many errors the request had in all")
 
 
 class ScheduleOut(BaseModel):

@@ -109,7 +109,8 @@ def control_plane_runs(repeats: int) -> None:
         with control_plane(free_port(), env, Path(tmp) / "serve.log") as api:
             samples, first, stored = [], [], []
             for i in range(repeats + 1):  # the first run warms the head's worker pool; not counted
-                body = {"name": f"overhead-{i}", "sizes": ["14m"], "seeds": [i], "arms": ["vanilla"], "run": TINY_RUN}
+                body = {"name": f"overhead-{i}", "sizes": ["14m"], "seeds": [i], "arms": ["vanilla"], "unpaired": True,
+                        "run": TINY_RUN}  # fmt: skip
                 submitted = time.time()
                 sweep = api.call("POST", "/v1/sweeps", json=body).json()
                 run_id = sweep["runs"][0]["id"]

@@ -104,8 +104,23 @@ class SweepRequest(Strict):
         "lr_by_size entry: each size's lr is lr_scale × its Pythia pretraining lr",
     )
     lr_by_size: dict[SizeName, Annotated[float, Field(gt=0.0, allow_inf_nan=False)]] = Field(
-        default_factory=dict, description="per-size learning rates, used where run.optimizer.lr is unset"
+        default_factory=dict,
+        max_length=len(SIZES),
+        description="per-size learning rates, used where run.optimizer.lr is unset",
     )
+    unpaired: bool = Field(
+        False,
+        description="true: arms without both vanilla and myopic are allowed (no gap is reported for them); "
+        "by default a sweep must make pairs",
+    )
+
+    @field_validator("lr_by_size", mode="before")
+    @classmethod
+    def _few_sizes(cls, v: Any) -> Any:
+        # by shape, before each key is validated: a body of 60,000 keys is refused in one error, not 120,000
+        if isinstance(v, dict) and len(v) > len(SIZES):
+            raise ValueError(f"at most {len(SIZES)} entries, one per size; got {len(v):,}")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -126,6 +141,9 @@ class SweepRequest(Strict):
 
     @model_validator(mode="after")
     def _arms_make_pairs(self) -> SweepRequest:
+        if not self.unpaired and not {"vanilla", "myopic"} <= set(self.arms):
+            raise field_error("arms", "a sweep measures the gap between vanilla and myopic, so both must run "
+                              '(`"unpaired": true` runs other arms alone)')  # fmt: skip
         if "local" in self.arms and not {"vanilla", "myopic"} <= set(self.arms):
             raise field_error("arms", "the local arm trains on its vanilla partner's past and is reported beside "
                               "the pair, so vanilla and myopic must run too")  # fmt: skip

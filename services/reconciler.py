@@ -27,11 +27,12 @@ from typing import Any
 from ray.job_submission import JobStatus
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from cluster.jobs import ACTIVE as JOB_ACTIVE
 from cluster.jobs import Jobs, submission_id
 from services import sweep_tracking
-from services.store import ACTIVE, TERMINAL, Run, RunStatus, Sweep, now
+from services.store import ACTIVE, TERMINAL, Run, RunStatus, Sweep, derive_sweep_status, now
 from trainers.job_protocol import job_error, parse_result, progress_file, run_storage
 
 log = logging.getLogger("myopia.reconciler")
@@ -89,25 +90,35 @@ class Reconciler:
             queued = list(
                 s.scalars(
                     select(Run.id)
-                    .where(Run.status == RunStatus.QUEUED, due, (Run.arm != "local") | _partner_is(SUCCEEDED_ONLY))
+                    .where(
+                        Run.status == RunStatus.QUEUED,
+                        ~Run.job_live,  # (a claimed run's job is polled: it may exist)
+                        due,
+                        (Run.arm != "local") | _partner_is(SUCCEEDED_ONLY),
+                    )
                     .order_by(Run.created_at, Run.id)
                     .limit(max(0, self.max_concurrent - busy))
                 )
             )
         for run_id in queued:
-            touched |= self._each(run_id, self._submit)
-        if touched:
+            if self._each(run_id, self._claim):
+                touched |= self._each(run_id, self._submit)
+        for sweep_id in touched:
             with self.db.begin() as s:
-                for sweep in s.scalars(select(Sweep).where(Sweep.id.in_(touched))):
-                    self._sweep_status(sweep)
+                derive_sweep_status(s, s.get(Sweep, sweep_id))
 
     def _each(self, run_id: str, step: Callable[[Session, Run], None]) -> set[str]:
         """One run in a transaction of its own; an error becomes the run's event and a backoff, never the tick's."""
         try:
             with self.db.begin() as s:
                 run = s.get(Run, run_id)
+                if run is None:  # its sweep was deleted since the tick listed it
+                    return set()
                 step(s, run)
                 return {run.sweep_id}
+        except StaleDataError:  # a cancel (or retry) changed the run since this step read it: the change stands
+            log.info("run %s changed during the tick; the next tick acts on what it is now", run_id)
+            return set()
         except TrackingUnavailable as e:  # not the run's failure: it stays queued until MLflow answers
             self.tracking_error = str(e)
             log.warning("run %s waits: %s", run_id, e)
@@ -133,8 +144,18 @@ class Reconciler:
         self._failed(run, f"its vanilla partner {vanilla.id} {vanilla.status}: no past to train on", permanent=True)
 
     # ------------------------------------------------------------------------------------------------ a run
+    def _claim(self, s: Session, run: Run) -> None:
+        """Mark the attempt's job as possibly live before it is submitted, in a compare-and-set of its own: a
+        cancel that lands from here on leaves the mark, so the next poll stops whatever job exists."""
+        if run.status == RunStatus.QUEUED and not run.job_live:  # (as listed: not cancelled since)
+            run.job_live, run.submission_id = True, submission_id(run.id, run.attempt)
+
     def _submit(self, s: Session, run: Run) -> None:
-        sid = submission_id(run.id, run.attempt)
+        """Submit the claimed attempt's job and record it, only if the run is as claimed: recording compares the
+        run's version, so a cancel that came after this read wins and the run is never recorded as submitted."""
+        if run.status != RunStatus.QUEUED or not run.job_live:
+            return  # cancelled since the claim: the poll stops the job if one exists
+        sid = run.submission_id
         if self.jobs.status(sid) is None:  # else: submitted before a crash of the control plane; adopt it
             try:
                 sweep_tracking.open_runs(run.sweep)  # the arm runs log under their pair's MLflow run
@@ -146,13 +167,11 @@ class Reconciler:
             self._progress_file(run).unlink(missing_ok=True)  # a previous attempt's
             self.jobs.submit(sid, run.spec, self.job_env)
         run.progress = None
-        run.submission_id = sid
-        run.job_live = True
         run.set_status(RunStatus.SUBMITTED, sid)
 
     def _poll(self, s: Session, run: Run) -> None:
         status = self.jobs.status(run.submission_id)
-        if run.status == RunStatus.CANCELLED:  # its job must go
+        if run.status in TERMINAL:  # cancelled, or failed at its submission: its job, if any, must go
             if status in JOB_ACTIVE:
                 self.jobs.stop(run.submission_id)
             else:
@@ -162,8 +181,12 @@ class Reconciler:
             if status == JobStatus.RUNNING:
                 run.set_status(RunStatus.RUNNING)
                 self._progress(run)
+            elif run.status == RunStatus.QUEUED:  # claimed and submitted before a crash: adopt it
+                run.set_status(RunStatus.SUBMITTED, run.submission_id)
             return
         run.job_live = False
+        if status is None and run.status == RunStatus.QUEUED:  # claimed, never submitted: its id is still free
+            return
         if status is None:  # the cluster lost it (restarted): run it again, not the run's failure
             run.attempt += 1
             run.set_status(RunStatus.QUEUED, f"job {run.submission_id} is gone (the cluster restarted?): resubmitting")
@@ -217,15 +240,3 @@ class Reconciler:
             run.set_status(RunStatus.QUEUED, f"retry in {delay:.0f} s: {error[:500]}")  # resumes from its checkpoint
         else:
             run.set_status(RunStatus.FAILED, error[:2000])
-
-    @staticmethod
-    def _sweep_status(sweep: Sweep) -> None:
-        if sweep.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
-            return
-        states = {r.status for r in sweep.runs}
-        if states <= {RunStatus.SUCCEEDED}:
-            sweep.status = RunStatus.SUCCEEDED
-        elif states <= TERMINAL:
-            sweep.status = RunStatus.FAILED if RunStatus.FAILED in states else RunStatus.CANCELLED
-        elif states & ACTIVE or RunStatus.SUCCEEDED in states:
-            sweep.status = RunStatus.RUNNING

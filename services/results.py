@@ -4,6 +4,7 @@ against scale, and the plots (gap against non-embedding parameters; gap per posi
 from __future__ import annotations
 
 import io
+import threading
 from collections import defaultdict
 from typing import Any
 
@@ -197,9 +198,19 @@ def sweep_results(db: sessionmaker, sweep_id: str) -> dict[str, Any]:
     }
 
 
+# matplotlib's text layout (mathtext's parser, the font cache) is not thread-safe, and the API renders in a thread
+# pool: two concurrent renders failed 58 times in 73. One at a time (a render takes well under a second).
+_RENDERING = threading.Lock()
+
+
 def gap_plot(results: dict[str, Any]) -> bytes:
     """PNG: the gap against non-embedding parameters (mean with 95% interval, each pair, the fit) and the mean
     gap per position for each size."""
+    with _RENDERING:
+        return _gap_plot(results)
+
+
+def _gap_plot(results: dict[str, Any]) -> bytes:
     baseline = [r for r in results["pairs"] if r.get("fraction_of_baseline_per_position")]
     fig = Figure(figsize=(16 if baseline else 11, 4))
     ax1, ax2, *ax3 = fig.subplots(1, 3 if baseline else 2)

@@ -16,20 +16,29 @@ from pathlib import Path
 
 from croniter import CroniterBadDateError, croniter
 from pydantic import Field, field_validator
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.errors import InvalidRequest, NotFound
+from services.errors import Conflict, InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
-from services.store import Schedule, Sweep, new_id
+from services.store import Schedule, Sweep, changing, new_id
 from services.sweeps import cancel_sweep, create_sweep, decode_time_cursor, encode_cursor
 from trainers.spec import Strict
 
 log = logging.getLogger("myopia.scheduler")
+SCHEDULER_KEYS = "schedule:"  # the Idempotency-Keys of ticks and run-now sweeps; refused from clients
+
+
+CRON_MAX_CHARS = 100  # the column's width; five fields of lists fit easily
 
 
 def _firing_cron(v: str) -> str:
-    """Parsable, and firing: its next and previous ticks exist (`0 0 30 2 *` parses but never fires)."""
+    """Five fields, parsable, and firing: its next and previous ticks exist (`0 0 30 2 *` parses but never fires).
+    (croniter also takes a sixth field of seconds and a seventh of years: a seconds field would fire every tick.)"""
+    if len(v) > CRON_MAX_CHARS:
+        raise ValueError(f"a cron expression has at most {CRON_MAX_CHARS} characters, not {len(v):,}")
+    if len(v.split()) != 5:
+        raise ValueError(f"a cron expression has five fields (minute hour day month weekday), not {len(v.split())}")
     if not croniter.is_valid(v):
         raise ValueError(f"not a valid cron expression: {v!r}")
     try:
@@ -45,7 +54,7 @@ CRON_HELP = "five-field cron expression, UTC, e.g. '0 3 * * 1'"
 
 class ScheduleRequest(Strict):
     name: str = Field(min_length=1, max_length=200)
-    cron: str = Field(description=CRON_HELP)
+    cron: str = Field(description=CRON_HELP, max_length=CRON_MAX_CHARS)
     template: SweepRequest
 
     _cron = field_validator("cron")(_firing_cron)
@@ -55,7 +64,9 @@ class ScheduleEdit(Strict):
     """What `PATCH /v1/schedules/{id}` may change; fields left out stay as they are."""
 
     name: str | None = Field(None, min_length=1, max_length=200)
-    cron: str | None = Field(None, description=CRON_HELP + "; it fires from its next tick, never for past ones")
+    cron: str | None = Field(
+        None, description=CRON_HELP + "; it fires from its next tick, never for past ones", max_length=CRON_MAX_CHARS
+    )
     template: SweepRequest | None = None
     paused: bool | None = Field(None, description="true: kept, not firing; false: fires again from its next tick")
 
@@ -63,11 +74,20 @@ class ScheduleEdit(Strict):
 
 
 def add_schedule(
-    db: sessionmaker, request: ScheduleRequest, profile: str = "cpu", allowed_roots: list[Path] | None = None
+    db: sessionmaker,
+    request: ScheduleRequest,
+    profile: str = "cpu",
+    allowed_roots: list[Path] | None = None,
+    max_schedules: int = 100,
 ) -> Schedule:
-    """Store a schedule whose template plans (a template that cannot is refused now, not at its first tick)."""
+    """Store a schedule whose template plans (a template that cannot is refused now, not at its first tick), while
+    fewer than `max_schedules` are live (each can fire a sweep a minute: an unbounded number floods the queue)."""
     _check_plans(request.template, profile, allowed_roots)
     with db.begin() as s:
+        live = s.scalar(select(func.count()).select_from(Schedule).where(Schedule.enabled)) or 0
+        if live >= max_schedules:
+            raise Conflict(f"there are {live} schedules, the most this control plane keeps (MYOPIA_MAX_SCHEDULES): "
+                           "delete one first")  # fmt: skip
         template = request.template.model_dump(mode="json", exclude_none=True)
         schedule = Schedule(
             id=new_id("sch"), name=request.name, cron=request.cron, template=template, created_at=datetime.now(UTC)
@@ -95,21 +115,25 @@ def edit_schedule(
     next tick: the ticks it missed (or that the new cron would have had) are skipped, not caught up."""
     if edit.template is not None:
         _check_plans(edit.template, profile, allowed_roots)
-    with db.begin() as s:
-        schedule = _live(s, schedule_id)
-        if edit.name is not None:
-            schedule.name = edit.name
-        if edit.template is not None:
-            schedule.template = edit.template.model_dump(mode="json", exclude_none=True)
-        restart = (edit.cron is not None and edit.cron != schedule.cron) or (edit.paused is False and schedule.paused)
-        if edit.cron is not None:
-            schedule.cron = edit.cron
-        if edit.paused is not None:
-            schedule.paused = edit.paused
-        if restart:
-            latest_tick = croniter(schedule.cron, now or datetime.now(UTC)).get_prev(datetime)
-            schedule.last_fired_at = max(_utc(schedule.last_fired_at or schedule.created_at), latest_tick)
-        schedule.revision += 1  # a tick in flight that read the schedule before this edit records nothing
+    # a compare-and-set on the revision read: of two concurrent edits, the second is decided again on the first's
+    return changing(db, lambda s: _edit(s, schedule_id, edit, now))
+
+
+def _edit(s: Session, schedule_id: str, edit: ScheduleEdit, now: datetime | None) -> Schedule:
+    schedule = _live(s, schedule_id)
+    if edit.name is not None:
+        schedule.name = edit.name
+    if edit.template is not None:
+        schedule.template = edit.template.model_dump(mode="json", exclude_none=True)
+    restart = (edit.cron is not None and edit.cron != schedule.cron) or (edit.paused is False and schedule.paused)
+    if edit.cron is not None:
+        schedule.cron = edit.cron
+    if edit.paused is not None:
+        schedule.paused = edit.paused
+    if restart:
+        latest_tick = croniter(schedule.cron, now or datetime.now(UTC)).get_prev(datetime)
+        schedule.last_fired_at = max(_utc(schedule.last_fired_at or schedule.created_at), latest_tick)
+    # (the revision is bumped by the update itself: a tick in flight that read the older one records nothing)
     return schedule
 
 
@@ -119,7 +143,9 @@ def run_now(db: sessionmaker, schedule_id: str, **plan_options: object) -> Sweep
     with db() as s:
         schedule = _live(s, schedule_id)
     request = SweepRequest.model_validate(schedule.template)
-    sweep, _ = create_sweep(db, request, idempotency_key=f"schedule:{schedule.id}:now:{new_id('t')}", **plan_options)
+    sweep, _ = create_sweep(
+        db, request, idempotency_key=f"{SCHEDULER_KEYS}{schedule.id}:now:{new_id('t')}", **plan_options
+    )
     for _ in range(5):  # a tick that links its sweep first moves the chain on: link after whatever is latest now
         if _link(db, schedule, sweep.id, compare=(Schedule.last_sweep_id,)):
             break
@@ -153,9 +179,11 @@ def list_schedules(
 
 
 def delete_schedule(db: sessionmaker, schedule_id: str) -> None:
-    """Disable it (its sweeps keep their link)."""
+    """Disable it (its sweeps keep their link): a compare-and-set, so of concurrent deletes one succeeds."""
     with db.begin() as s:
-        _live(s, schedule_id).enabled = False
+        gone = s.execute(update(Schedule).where(Schedule.id == schedule_id, Schedule.enabled).values(enabled=False))
+        if not gone.rowcount:
+            raise NotFound(f"no schedule {schedule_id!r}")
 
 
 def _utc(t: datetime) -> datetime:
@@ -193,7 +221,9 @@ def _fire(db: sessionmaker, schedule: Schedule, now: datetime, **plan_options: o
     if due <= since:
         return None
     request = SweepRequest.model_validate(schedule.template)
-    key = f"schedule:{schedule.id}:{schedule.revision}:{due.isoformat()}"  # an edited template is another request
+    key = (
+        f"{SCHEDULER_KEYS}{schedule.id}:{schedule.revision}:{due.isoformat()}"  # an edited template is another request
+    )
     sweep, created = create_sweep(db, request, idempotency_key=key, **plan_options)
     if _link(db, schedule, sweep.id, fired_at=due):
         return sweep.id

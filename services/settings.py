@@ -66,6 +66,7 @@ class Settings(BaseSettings):
         "change, hourly; default: keep everything",
     )
     max_request_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies are refused (413)")
+    max_schedules: int = Field(100, ge=1, description="live schedules at most (each can fire a sweep a minute)")
 
     @field_validator(
         "database_url",

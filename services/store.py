@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -30,12 +31,15 @@ from sqlalchemy import (
     event,
     inspect,
     text,
+    update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 def now() -> datetime:
@@ -116,8 +120,11 @@ class Run(Base):
     result: Mapped[dict | None] = mapped_column(JSON)
     progress: Mapped[dict | None] = mapped_column(JSON)  # {step, steps, loss} of the attempt running now
     error: Mapped[str | None] = mapped_column(Text)
+    # compared and bumped by every ORM update of the row: a change decided on a stale read raises StaleDataError
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+    __mapper_args__ = {"version_id_col": version}
     sweep: Mapped[Sweep] = relationship(back_populates="runs")
     pair: Mapped[Pair] = relationship(back_populates="runs")
     events: Mapped[list[RunEvent]] = relationship(back_populates="run", order_by="RunEvent.id")
@@ -156,10 +163,43 @@ class Schedule(Base):
     template: Mapped[dict] = mapped_column(JSON)
     enabled: Mapped[bool] = mapped_column(default=True)  # False: deleted (its sweeps keep their link)
     paused: Mapped[bool] = mapped_column(default=False)  # kept, not firing; resumed at the next tick, not the missed
-    revision: Mapped[int] = mapped_column(Integer, default=0)  # bumped by every edit: a tick's record compares it
+    # bumped and compared by every ORM update (an edit): a tick's record compares it, and of two concurrent edits
+    # the second fails instead of overwriting the first
+    revision: Mapped[int] = mapped_column(Integer, default=0)
     last_fired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_sweep_id: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    __mapper_args__ = {"version_id_col": revision}
+
+
+def derive_sweep_status(s: Session, sweep: Sweep | None) -> None:
+    """Derive a queued or running sweep's status from its runs, set only if the sweep is still at the status read
+    (a compare-and-set: a cancel of the sweep since then stands)."""
+    if sweep is None or sweep.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        return
+    states = {r.status for r in sweep.runs}
+    new = sweep.status
+    if states <= {RunStatus.SUCCEEDED}:
+        new = RunStatus.SUCCEEDED
+    elif states <= TERMINAL:
+        new = RunStatus.FAILED if RunStatus.FAILED in states else RunStatus.CANCELLED
+    elif states & ACTIVE or RunStatus.SUCCEEDED in states:
+        new = RunStatus.RUNNING
+    if new != sweep.status:
+        s.execute(update(Sweep).where(Sweep.id == sweep.id, Sweep.status == sweep.status).values(status=new))
+
+
+def changing(db: sessionmaker, change: Callable[[Session], T], attempts: int = 20) -> T:
+    """`change(session)` in a transaction of its own, rerun on fresh rows when a row it changed was changed by
+    someone else since it was read (its version compare failed): it decides again on what the row is now."""
+    for _ in range(attempts - 1):
+        try:
+            with db.begin() as s:
+                return change(s)
+        except StaleDataError:
+            continue
+    with db.begin() as s:
+        return change(s)
 
 
 def migrate(url: str, revision: str = "head") -> None:

@@ -15,7 +15,19 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
-from services.store import TERMINAL, Pair, Run, RunEvent, RunStatus, Schedule, Sweep, new_id, now
+from services.store import (
+    TERMINAL,
+    Pair,
+    Run,
+    RunEvent,
+    RunStatus,
+    Schedule,
+    Sweep,
+    changing,
+    derive_sweep_status,
+    new_id,
+    now,
+)
 from trainers.spec import TrackingSpec
 
 
@@ -195,19 +207,25 @@ def cancel_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
                        literal(now(), DateTime(timezone=True))).where(open_runs),
             )
         )  # fmt: skip
-        s.execute(
-            update(Run).where(open_runs).values(status=RunStatus.CANCELLED).execution_options(synchronize_session=False)
-        )
+        # the version bump makes a change the reconciler decided before this cancel fail (it never overwrites it)
+        cancelled = {"status": RunStatus.CANCELLED, "version": Run.version + 1}
+        s.execute(update(Run).where(open_runs).values(**cancelled).execution_options(synchronize_session=False))
         sweep.status = RunStatus.CANCELLED
     return get_sweep(db, sweep_id)
 
 
 def cancel_run(db: sessionmaker, run_id: str) -> Run:
-    """Mark one run cancelled; the reconciler stops its job."""
-    with db.begin() as s:
+    """Mark one run cancelled (a compare-and-set on the run as read: a concurrent change makes it decide again);
+    the reconciler stops its job."""
+
+    def cancel(s: Session) -> None:
         run = _require(s, Run, run_id)
         if run.status not in TERMINAL:
             run.set_status(RunStatus.CANCELLED, "run cancelled")
+            s.flush()
+            derive_sweep_status(s, run.sweep)  # its last open run: the sweep ends now, not at a tick that never comes
+
+    changing(db, cancel)
     return get_run(db, run_id)
 
 
@@ -219,21 +237,25 @@ def _requeue(run: Run, why: str) -> None:
 
 
 def retry_run(db: sessionmaker, run_id: str) -> Run:
-    """A failed or cancelled run goes back to the queue as a new attempt (it resumes from its checkpoint)."""
-    with db.begin() as s:
-        run = _require(s, Run, run_id)
-        if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
-            raise Conflict(f"run {run_id} is {run.status}; only a failed or cancelled run can be retried")
-        if run.job_live:
-            raise Conflict(f"run {run_id}'s job is still being stopped; retry it in a few seconds")
-        _requeue(run, "retry requested")
-        if run.arm == "vanilla":  # a local arm failed for want of this partner waits for it again
-            for local in (r for r in run.pair.runs if r.arm == "local" and r.status == RunStatus.FAILED):
-                if "vanilla partner" in (local.error or ""):
-                    _requeue(local, f"its vanilla partner {run.id} is retried")
-        if run.sweep.status in TERMINAL:
-            run.sweep.status = RunStatus.RUNNING
+    """A failed or cancelled run goes back to the queue as a new attempt (it resumes from its checkpoint). A
+    compare-and-set on the run as read: of concurrent retries one wins and the others find it queued (409)."""
+    changing(db, lambda s: _retry(s, run_id))
     return get_run(db, run_id)
+
+
+def _retry(s: Session, run_id: str) -> None:
+    run = _require(s, Run, run_id)
+    if run.status not in (RunStatus.FAILED, RunStatus.CANCELLED):
+        raise Conflict(f"run {run_id} is {run.status}; only a failed or cancelled run can be retried")
+    if run.job_live:
+        raise Conflict(f"run {run_id}'s job is still being stopped; retry it in a few seconds")
+    _requeue(run, "retry requested")
+    if run.arm == "vanilla":  # a local arm failed for want of this partner waits for it again
+        for local in (r for r in run.pair.runs if r.arm == "local" and r.status == RunStatus.FAILED):
+            if "vanilla partner" in (local.error or ""):
+                _requeue(local, f"its vanilla partner {run.id} is retried")
+    if run.sweep.status in TERMINAL:
+        run.sweep.status = RunStatus.RUNNING
 
 
 @dataclass

@@ -29,7 +29,7 @@ def run_logs(
     db: Db,
     jobs: JobsDep,
     tail: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES, description="the last bytes of the log")] = 64 * 1024,
-    offset: Annotated[int | None, Query(ge=0, description="a byte range instead: its start")] = None,
+    offset: Annotated[int | None, Query(ge=0, le=2**53, description="a byte range instead: its start")] = None,
     length: Annotated[int, Query(ge=1, le=MAX_LOG_BYTES, description="the byte range's length")] = 64 * 1024,
 ):
     """The current attempt's job log: its tail (default 64 KiB), or `offset` and `length` bytes; at most 1 MiB."""
@@ -42,7 +42,7 @@ def run_logs(
         piece = text[-tail:] if offset is None else text[offset : offset + length]
         return PlainTextResponse(piece.decode(errors="replace"), headers={"X-Log-Size": str(len(text))})
     size = path.stat().st_size
-    start, n = (max(0, size - tail), tail) if offset is None else (offset, length)
+    start, n = (max(0, size - tail), tail) if offset is None else (min(offset, size), length)
 
     def chunks() -> Iterator[bytes]:
         with path.open("rb") as f:

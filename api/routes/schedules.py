@@ -13,10 +13,13 @@ from services import scheduler
 router = APIRouter(prefix="/schedules", tags=["schedules"], responses={404: {"model": ErrorOut}})
 
 
-@router.post("", status_code=201, response_model=ScheduleOut, responses={422: {"model": ErrorOut}})
+@router.post(
+    "", status_code=201, response_model=ScheduleOut, responses={409: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+)
 def add_schedule(body: scheduler.ScheduleRequest, db: Db, settings: SettingsDep):
-    """The cron must fire (its next and previous ticks exist) and the template must plan, or nothing is stored."""
-    made = scheduler.add_schedule(db, body, settings.resource_profile, settings.data_roots)
+    """The cron must fire (its next and previous ticks exist) and the template must plan, or nothing is stored;
+    beyond `MYOPIA_MAX_SCHEDULES` live schedules, a 409."""
+    made = scheduler.add_schedule(db, body, settings.resource_profile, settings.data_roots, settings.max_schedules)
     return ScheduleOut.model_validate(made, from_attributes=True)
 
 

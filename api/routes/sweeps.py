@@ -11,7 +11,9 @@ from fastapi.responses import JSONResponse, Response
 from api.deps import BackgroundDep, Db, SettingsDep
 from api.schemas import ErrorOut, RunOut, RunPage, SweepOut, SweepPage, SweepSummary
 from services import results, retention, sweeps
+from services.errors import InvalidRequest
 from services.planner import SweepRequest
+from services.scheduler import SCHEDULER_KEYS
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses={404: {"model": ErrorOut}})
 SweepId = Annotated[str, Path(max_length=80)]
@@ -32,7 +34,10 @@ def create_sweep(
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]*$")] = None,
 ):
     """Plan the request into matched pairs and queue their runs. A known Idempotency-Key returns its sweep (200)
-    for the same request and is a 409 for another; an empty key is no key."""
+    for the same request and is a 409 for another; an empty key is no key. Keys beginning `schedule:` are the
+    scheduler's own (a client using one could make a schedule's tick fail): 422."""
+    if idempotency_key and idempotency_key.lower().startswith(SCHEDULER_KEYS):
+        raise InvalidRequest([("header.Idempotency-Key", f"keys beginning {SCHEDULER_KEYS!r} are the scheduler's")])
     sweep, created = sweeps.create_sweep(
         db,
         body,

@@ -70,7 +70,7 @@ def test_the_embedded_head_refuses_clients_without_its_token(head):
 def test_a_poisoned_run_and_a_failing_submission_do_not_stop_the_queue(head, tmp_path):
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
     missing = head["root"] / "no-such-corpus.txt"
-    poisoned = {**SWEEP, "name": "poisoned", "arms": ["vanilla"],
+    poisoned = {**SWEEP, "name": "poisoned", "arms": ["vanilla"], "unpaired": True,
                 "run": {**SWEEP["run"], "data": {"kind": "text", "corpus": str(missing)}}}  # fmt: skip
     bad, _ = create_sweep(db, SweepRequest.model_validate(poisoned), allowed_roots=[head["root"]])
     healthy, _ = create_sweep(db, SweepRequest.model_validate(SWEEP))
@@ -95,7 +95,7 @@ def test_a_cluster_of_another_version_holds_the_run_until_it_is_upgraded(head, t
     """The job's node runs an image of another version than the control plane's: the job refuses at once, and the
     run waits in the queue, not failed, no failure counted, until the cluster carries the control plane's version."""
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
-    sweep, _ = create_sweep(db, SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"]}))
+    sweep, _ = create_sweep(db, SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"], "unpaired": True}))
     run_id = sweep.runs[0].id
     old_cluster = {"MYOPIA_DATA_DIR": str(head["root"]), "MYOPIA_EXPECTED_VERSION": "v2", "MYOPIA_VERSION": "v1"}
     rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, backoff_s=0.5, job_env=old_cluster)
@@ -146,7 +146,7 @@ def test_a_killed_control_plane_adopts_its_embedded_head(tmp_path):
 def test_a_killed_ray_head_is_restarted_and_its_lost_jobs_run_again(tmp_path):
     serve = embedded_serve(tmp_path).start()
     try:
-        sweep_id = serve.post("/v1/sweeps", longer(300, arms=["myopic"])).json()["id"]
+        sweep_id = serve.post("/v1/sweeps", longer(300, arms=["myopic"], unpaired=True)).json()["id"]
         serve.until(lambda: running(serve, sweep_id), timeout=300)
         before = head_state(serve)
         for p in psutil.process_iter(["cmdline"]):  # the whole head: GCS, raylet, dashboard, the job's workers

@@ -174,7 +174,9 @@ def test_mlflow_down_holds_a_run_in_the_queue_without_failing_it(head, tmp_path,
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # (the client's retries would only slow the test)
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
     down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    sweep, _ = create_sweep(db, SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"]}), mlflow_uri=down)
+    sweep, _ = create_sweep(
+        db, SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"], "unpaired": True}), mlflow_uri=down
+    )
     rec = reconciler(head, db)
     for _ in range(2):
         rec.tick()
@@ -213,7 +215,7 @@ def test_a_failed_attempt_is_retried_and_resumes_from_its_checkpoint(head, tmp_p
     retried as a new job, which resumes from that checkpoint."""
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
     train = {**SWEEP["run"]["train"], "steps": 400, "checkpoint_interval": 100}
-    request = {**SWEEP, "arms": ["myopic"], "run": {**SWEEP["run"], "train": train}}
+    request = {**SWEEP, "arms": ["myopic"], "unpaired": True, "run": {**SWEEP["run"], "train": train}}
     sweep, _ = create_sweep(db, SweepRequest.model_validate(request), mlflow_uri=None)
     rec = reconciler(head, db)
     (run,) = get_sweep(db, sweep.id).runs

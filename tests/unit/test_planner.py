@@ -76,7 +76,7 @@ def test_finetune_checkpoint_pattern_substitutes_size_only():
     assert ft[0].runs["vanilla"].protocol.checkpoint == "ckpts/410m/{size.__class__}"  # never a format string
     syn = plan(request(seeds=[0], run={"data": {"kind": "synthetic", "p": 0.3, "b": 3}}))[0]
     assert syn.runs["myopic"].data.p == 0.3
-    only = plan(request(arms=["myopic"]))[0]
+    only = plan(request(arms=["myopic"], unpaired=True))[0]
     assert list(only.runs) == ["myopic"]
 
 

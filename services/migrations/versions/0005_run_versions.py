@@ -1,0 +1,24 @@
+"""Runs carry a row version that every change of a run compares and bumps, so that a status change made on a stale
+read (the reconciler's, a cancel's, a retry's) fails instead of overwriting the other
+
+Revision ID: 0005
+Revises: 0004
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("runs") as batch:  # batch: SQLite cannot alter tables in place
+        batch.add_column(sa.Column("version", sa.Integer(), nullable=False, server_default="0"))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("version")

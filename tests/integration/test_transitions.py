@@ -1,0 +1,143 @@
+"""Every status change is a compare-and-set on the row as it was read: a cancel that lands while the reconciler
+submits a run wins (the run is never recorded as anything else, and its job is stopped), concurrent retries each
+count an attempt, concurrent deletes of a schedule give one success. On SQLite and PostgreSQL, with the real job
+server of a local Ray head."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from cluster.jobs import Jobs
+from services.errors import Conflict, NotFound
+from services.planner import SweepRequest
+from services.reconciler import Reconciler
+from services.scheduler import ScheduleRequest, add_schedule, delete_schedule
+from services.store import connect
+from services.sweeps import cancel_run, cancel_sweep, create_sweep, get_run, get_sweep, retry_run
+from tests.integration.serving import until
+from tests.integration.test_reconciler import SWEEP
+
+pytestmark = pytest.mark.slow
+
+LONG = {**SWEEP, "run": {**SWEEP["run"], "train": {**SWEEP["run"]["train"], "steps": 5000}}}  # never ends by itself
+
+
+class Racing(Jobs):
+    """The head's real job server, with a cancel started in another thread at one moment of a submission:
+    `claimed` (the reconciler asks whether the attempt's job exists, right after claiming the run) or `submitted`
+    (the job exists, not yet recorded). The reconciler goes on at most `wait` s later, as a busy machine would
+    interleave them; on SQLite a cancel that waits for the reconciler's write lands after its commit instead."""
+
+    def __init__(self, jobs: Jobs, moment: str, cancel, wait: float = 1.0) -> None:
+        self.__dict__.update(jobs.__dict__)
+        self.moment, self.cancel, self.wait, self.thread = moment, cancel, wait, None
+
+    def _race(self, moment: str) -> None:
+        if moment == self.moment and self.thread is None:
+            self.thread = threading.Thread(target=self.cancel)
+            self.thread.start()
+            self.thread.join(self.wait)
+
+    def status(self, sid):
+        self._race("claimed")
+        return super().status(sid)
+
+    def submit(self, sid, spec, env=None):
+        super().submit(sid, spec, env)
+        self._race("submitted")
+
+
+def settle(rec: Reconciler, db, sweep_id: str) -> None:
+    """Tick until no run of the sweep has a job that may still run."""
+    until(lambda: not any(r.job_live for r in get_sweep(db, sweep_id).runs), tick=rec.tick, timeout=120)
+
+
+def assert_cancelled_for_good(head, db, sweep_id: str) -> None:
+    sweep = get_sweep(db, sweep_id)
+    assert sweep.status == "cancelled"
+    for run in sweep.runs:
+        run = get_run(db, run.id)
+        history = [e.status for e in run.events]
+        assert run.status == "cancelled" and "cancelled" in history, history
+        after = history[history.index("cancelled") :]
+        assert set(after) == {"cancelled"}, f"{run.id} moved after its cancel: {history}"
+        if run.submission_id and (job := head["jobs"].status(run.submission_id)) is not None:
+            assert job.value in ("STOPPED", "FAILED"), f"{run.submission_id} is {job.value} after its run's cancel"
+
+
+@pytest.mark.parametrize("moment", ["claimed", "submitted", "recorded"])
+def test_a_cancel_that_lands_during_submission_wins(head, database_url, moment):
+    db = connect(database_url)
+    sweep, _ = create_sweep(db, SweepRequest.model_validate(LONG))
+    racing = Racing(head["jobs"], moment, lambda: cancel_sweep(db, sweep.id))
+    env = {"MYOPIA_DATA_DIR": str(head["root"])}
+    rec = Reconciler(db, racing, head["root"], max_concurrent=1, job_env=env)
+    rec.tick()
+    if moment == "recorded":  # after the tick: the run is submitted, and its job stopped by the next ticks
+        assert "submitted" in {r.status for r in get_sweep(db, sweep.id).runs}
+        cancel_sweep(db, sweep.id)
+    assert racing.thread is not None or moment == "recorded", "the race was not run"
+    if racing.thread:
+        racing.thread.join()
+    settle(rec, db, sweep.id)
+    assert_cancelled_for_good(head, db, sweep.id)
+
+
+def test_a_cancel_at_any_offset_wins(head, database_url):
+    """The reported race: a run cancelled 0-300 ms after its sweep is queued, while the reconciler ticks."""
+    db = connect(database_url)
+    rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, job_env={"MYOPIA_DATA_DIR": str(head["root"])})
+    rng = random.Random(22)
+    for offset in [0.0, 0.005, 0.02, *(rng.uniform(0, 0.3) for _ in range(3))]:
+        sweep, _ = create_sweep(db, SweepRequest.model_validate({**LONG, "arms": ["vanilla"], "unpaired": True}))
+        run_id = sweep.runs[0].id
+        canceller = threading.Timer(offset, lambda: cancel_run(db, run_id))  # noqa: B023 - started and joined here
+        canceller.start()
+        deadline = time.monotonic() + offset + 0.5
+        while time.monotonic() < deadline:
+            rec.tick()
+        canceller.join()
+        settle(rec, db, sweep.id)
+        assert_cancelled_for_good(head, db, sweep.id)
+
+
+def test_concurrent_retries_and_cancels_count_every_attempt(database_url):
+    db = connect(database_url)
+    sweep, _ = create_sweep(db, SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"], "unpaired": True}))
+    run_id = sweep.runs[0].id
+    cancel_run(db, run_id)
+
+    def call(i: int) -> str:
+        try:
+            (retry_run if i % 2 else cancel_run)(db, run_id)
+            return "retried" if i % 2 else "cancelled"
+        except Conflict:
+            return "refused"
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = Counter(pool.map(call, range(60)))
+    run = get_run(db, run_id)
+    retries = [e for e in run.events if e.message == "retry requested"]
+    assert answers["retried"] >= 1 and answers["retried"] == run.attempt == len(retries), (answers, run.attempt)
+
+
+def test_concurrent_deletes_of_a_schedule_give_one_success(database_url):
+    db = connect(database_url)
+    schedule = add_schedule(db, ScheduleRequest.model_validate({"name": "n", "cron": "0 3 * * *", "template": SWEEP}))
+
+    def delete(_: int) -> str:
+        try:
+            delete_schedule(db, schedule.id)
+            return "deleted"
+        except NotFound:
+            return "not found"
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = Counter(pool.map(delete, range(20)))
+    assert answers == Counter({"deleted": 1, "not found": 19}), answers
