@@ -8,6 +8,8 @@ import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
@@ -43,6 +45,8 @@ class RequestGuard:
             more = message.get("more_body", False)
             if len(body) > self.max_body:
                 return await _answer(send, 413, "too_large", f"request bodies are limited to {self.max_body:,} bytes")
+        if body and (why := await anyio.to_thread.run_sync(_too_many_values, bytes(body))):
+            return await _answer(send, 413, "too_large", why)
         replayed = False
 
         async def replay() -> Message:
@@ -61,6 +65,28 @@ class RequestGuard:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         matches = [secrets.compare_digest(token.strip().encode(), t.encode()) for t in self.tokens]
         return scheme.lower() == "bearer" and any(matches)
+
+
+MAX_JSON_VALUES = 10_000  # a sweep request has about a hundred; each value costs validation and error reporting
+
+
+def _too_many_values(body: bytes) -> str | None:
+    """Why a JSON body is refused by its shape (more values than any request has), or None (also for a body that
+    is not JSON: the route's own parser names that). Run off the event loop: a 1-MB body takes milliseconds."""
+    try:
+        stack = [json.loads(body)]
+    except (ValueError, RecursionError):
+        return None
+    seen = 0
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict | list):
+            items = value.values() if isinstance(value, dict) else value
+            seen += len(value)
+            if seen > MAX_JSON_VALUES:
+                return f"request bodies hold at most {MAX_JSON_VALUES:,} JSON values (keys and list items)"
+            stack.extend(v for v in items if isinstance(v, dict | list))
+    return None
 
 
 async def _answer(send: Callable, code: int, kind: str, message: str, extra: dict[str, str] | None = None) -> None:

@@ -1,0 +1,126 @@
+"""The attack that found issue 22's defects, one repro per test, over real HTTP (uvicorn on loopback, a real SQLite
+store, no Ray): amplifying bodies, crons that fire every tick, squatted scheduler keys, ambiguous credentials, NUL
+bytes, log offsets past any file, pairless sweeps, unbounded schedules, concurrent plots."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from services.settings import Settings
+from tests.integration.test_api import REQUEST, Server
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def server(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path, api_token=TOKEN, mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", max_schedules=3
+    )
+    srv = Server(settings).start()
+    yield srv
+    srv.stop()
+
+
+def post(server, path: str, body, **headers) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {**AUTH, "Content-Type": "application/json", **headers}
+    return httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=60)
+
+
+def test_amplifying_bodies_get_short_answers_and_never_stall_the_probes(server):
+    many_sizes = {**REQUEST, "lr_by_size": {f"s{i}": -1 for i in range(60_000)}}  # 0.6 MB
+    many_keys = {**REQUEST, **{f"k{i}": 0 for i in range(70_000)}}
+    for body in (many_sizes, many_keys):  # refused by their shape, before validation
+        r = post(server, "/v1/sweeps", body)
+        assert r.status_code == 413 and "at most 10,000 JSON values" in r.text and len(r.content) < 500
+    r = post(server, "/v1/sweeps", {**REQUEST, "lr_by_size": {f"s{i}": -1 for i in range(5_000)}})
+    assert r.status_code == 422 and len(r.content) < 2_000, len(r.content)
+    assert [d["field"] for d in r.json()["detail"]] == ["lr_by_size"] and "at most" in r.text
+    r = post(server, "/v1/sweeps", {**REQUEST, **{f"k{i}": 0 for i in range(5_000)}})
+    assert r.status_code == 422 and r.json()["error_count"] == 5_000 and len(r.json()["detail"]) == 20
+    assert len(r.content) < 10_000 and "4,980 more errors" in r.json()["message"]
+
+    latencies, done = [], threading.Event()
+
+    def probe() -> None:
+        while not done.is_set():
+            began = time.perf_counter()
+            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+            latencies.append(time.perf_counter() - began)
+            time.sleep(0.01)
+
+    # encoded first: the server shares this process (and its GIL) with the test
+    hostile = [json.dumps(body).encode() for body in (many_sizes, many_keys, many_keys)] * 3
+    prober = threading.Thread(target=probe)
+    prober.start()
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda body: post(server, "/v1/sweeps", body), hostile))
+    done.set()
+    prober.join()
+    assert [a.status_code for a in answers] == [413] * 9
+    assert len(latencies) >= 3 and max(latencies) < 0.25, sorted(latencies)[-3:]
+
+
+@pytest.mark.parametrize(
+    "cron, why",
+    [("* * * * * *", "five fields"), ("* * * * * * 2027", "five fields"), ("0 " * 200_000, "at most 100")],
+)
+def test_crons_have_five_fields_and_a_length(server, cron, why):
+    r = post(server, "/v1/schedules", {"name": "n", "cron": cron, "template": REQUEST})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "cron", r.text[:500]
+    assert why in r.text or "100 characters" in r.text
+
+
+def test_schedules_are_capped(server):
+    made = [
+        post(server, "/v1/schedules", {"name": f"n{i}", "cron": "* * * * *", "template": REQUEST}) for i in range(4)
+    ]
+    assert [r.status_code for r in made] == [201, 201, 201, 409] and "MYOPIA_MAX_SCHEDULES" in made[-1].text
+    httpx.delete(f"{server.url}/v1/schedules/{made[0].json()['id']}", headers=AUTH)
+    assert post(server, "/v1/schedules", {"name": "again", "cron": "* * * * *", "template": REQUEST}).status_code == 201
+
+
+def test_a_client_cannot_squat_the_schedulers_keys(server):
+    for key in ("schedule:sch-0123456789ab:1:2026-12-06T03:00:00+00:00", "Schedule:x"):
+        r = post(server, "/v1/sweeps", REQUEST, **{"Idempotency-Key": key})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "header.Idempotency-Key", r.text
+    assert post(server, "/v1/sweeps", REQUEST, **{"Idempotency-Key": "my-schedule:1"}).status_code == 201
+
+
+def test_ambiguous_credentials_nul_bytes_and_offsets_are_refused(server):
+    two = httpx.Headers([("Authorization", f"Bearer {TOKEN}"), ("Authorization", "Bearer wrong")])
+    r = httpx.get(f"{server.url}/v1/sweeps", headers=two)
+    assert r.status_code == 400 and "more than one Authorization" in r.text
+    for path in ("/v1/sweeps/sw-1%00x", "/v1/sweeps?cursor=a%00b", "/v1/runs/r%00/logs"):
+        r = httpx.get(f"{server.url}{path}", headers=AUTH)
+        assert r.status_code == 400 and "NUL" in r.text, (path, r.text)
+    sweep = post(server, "/v1/sweeps", REQUEST).json()
+    run = sweep["runs"][0]["id"]
+    r = httpx.get(f"{server.url}/v1/runs/{run}/logs", params={"offset": 2**62}, headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "query.offset"
+    assert httpx.get(f"{server.url}/v1/runs/{run}/logs", params={"offset": 2**53}, headers=AUTH).status_code == 200
+
+
+def test_a_sweep_makes_pairs_unless_asked_not_to(server):
+    r = post(server, "/v1/sweeps", {**REQUEST, "arms": ["bigram"]})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "arms" and "unpaired" in r.text
+    assert post(server, "/v1/sweeps", {**REQUEST, "arms": ["bigram"], "unpaired": True}).status_code == 201
+
+
+def test_concurrent_plots_all_render(server):
+    sweep = post(server, "/v1/sweeps", REQUEST).json()["id"]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda _: httpx.get(f"{server.url}/v1/sweeps/{sweep}/results.png", headers=AUTH, timeout=120),
+                     range(24))
+        )  # fmt: skip
+    assert [a.status_code for a in answers] == [200] * 24
+    assert all(a.content.startswith(b"\x89PNG") for a in answers)
