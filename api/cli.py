@@ -256,7 +256,9 @@ def _train(spec) -> dict:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), loss, TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task(f"{spec.attention.mode} {spec.model.size}", total=spec.train.steps, loss=float("nan"))
-        return run(spec, on_progress=lambda s: progress.update(bar, completed=s["step"], loss=s["loss"]))
+        return run(
+            spec, on_progress=lambda s: progress.update(bar, completed=s["step"], loss=s.get("loss", float("nan")))
+        )
 
 
 main.add_command(sweep_group, "sweep")

@@ -127,5 +127,19 @@ class Jobs:
             f.seek(max(0, path.stat().st_size - n_bytes))
             return f.read().decode(errors="replace")
 
+    def nodes(self) -> list[dict[str, float]]:
+        """Each live node's total resources ({"CPU": 2.0, "GPU": 1.0, ...}), from the head's state API."""
+        import httpx  # (the job client has no call for it)
+
+        answer = httpx.get(
+            f"{self._address()}/api/v0/nodes",
+            params={"limit": 10_000, "detail": "true"},
+            headers=self._headers,
+            timeout=10,
+        )
+        answer.raise_for_status()
+        rows = answer.json()["data"]["result"]["result"]
+        return [row["resources_total"] for row in rows if row.get("state") == "ALIVE"]
+
     def submission_ids(self) -> list[str]:
         return [j.submission_id for j in self.client.list_jobs() if j.submission_id]

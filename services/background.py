@@ -84,6 +84,7 @@ def control_plane(
             max_concurrent=settings.max_concurrent_runs,
             max_attempts=settings.max_attempts,
             backoff_s=settings.retry_backoff_s,
+            stall_timeout_s=settings.stall_timeout_s,
             job_env=job_env,
         )
         components += [

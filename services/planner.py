@@ -12,6 +12,8 @@ request (`run.train.steps`).
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from cluster.capacity import Capacity, unplaceable
 from cluster.resources import Placement, placement
 from services.errors import InvalidRequest
 from services.presets import PRESETS, merge
@@ -82,10 +85,15 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
+MAX_PLANNED_RUNS = 400  # planning costs milliseconds a run; a request of 3,200 runs held a server core for a minute
+
+
 class SweepRequest(Strict):
     name: str = Field(min_length=1, max_length=200)
     sizes: list[SizeName] = Field(min_length=1, max_length=len(SIZES))
-    seeds: list[Seed] = Field(min_length=1, max_length=100)
+    seeds: list[Seed] = Field(
+        min_length=1, max_length=100, description=f"sizes × seeds × arms plans at most {MAX_PLANNED_RUNS} runs"
+    )
     arms: list[AttentionMode] = Field(
         default_factory=lambda: ["vanilla", "myopic"],
         min_length=1,
@@ -141,6 +149,9 @@ class SweepRequest(Strict):
 
     @model_validator(mode="after")
     def _arms_make_pairs(self) -> SweepRequest:
+        runs = len(self.sizes) * len(self.seeds) * len(self.arms)
+        if runs > MAX_PLANNED_RUNS:
+            raise field_error("seeds", f"sizes × seeds × arms = {runs} runs; a sweep plans at most {MAX_PLANNED_RUNS}")
         if not self.unpaired and not {"vanilla", "myopic"} <= set(self.arms):
             raise field_error("arms", "a sweep measures the gap between vanilla and myopic, so both must run "
                               '(`"unpaired": true` runs other arms alone)')  # fmt: skip
@@ -206,10 +217,17 @@ def gpu_fit(size: str, doc: dict[str, Any]) -> int | None:
     )
 
 
-def plan(request: SweepRequest, *, profile: str = "cpu", allowed_roots: list[Path] | None = None) -> list[PlannedPair]:
+def plan(
+    request: SweepRequest,
+    *,
+    profile: str = "cpu",
+    allowed_roots: list[Path] | None = None,
+    capacity: Capacity | None = None,
+) -> list[PlannedPair]:
     """One pair per (size, seed), in request order. Runs are unnamed and untracked: the service names them.
     With `allowed_roots`, every local path the runs would read (a corpus, a dataset, a checkpoint) must lie under
-    one of them; the planned model must fit the profile's `max_params`."""
+    one of them; the planned model must fit the profile's `max_params`; with `capacity`, the cluster must be able
+    to place each run's workers."""
     pairs = []
     for size in request.sizes:
         for seed in request.seeds:
@@ -219,6 +237,7 @@ def plan(request: SweepRequest, *, profile: str = "cpu", allowed_roots: list[Pat
                 errors = [(error_path(err, ("run",)), f"{err['msg']} (at size {size})") for err in e.errors()]
                 raise InvalidRequest(errors) from None
             errors = _paths_outside(base, allowed_roots) + _too_big(base, placement(size, profile), profile)
+            errors += [(f, f"{msg} (at size {size})") for f, msg in unplaceable(base.resources, capacity)]
             if errors:
                 raise InvalidRequest(errors)
             arms = {mode: base.arm(mode, "partner") for mode in ("vanilla", "myopic", "bigram", "local")}
@@ -274,11 +293,17 @@ def _too_big(spec: RunSpec, where: Placement, profile: str) -> list[tuple[str, s
     """A planned model larger than the profile takes (parameters counted on the meta device: nothing allocated)."""
     if where.max_params is None:
         return []
-    total, _ = count_params(spec.model.size, vocab_size=spec.model.vocab_size, **spec.model.overrides)
+    total = _total_params(spec.model.size, spec.model.vocab_size, json.dumps(spec.model.overrides, sort_keys=True))
     if total <= where.max_params:
         return []
     return [("run.model.overrides", f"the planned {spec.model.size} model has {total:,} parameters; the {profile} "
              f"profile takes at most {where.max_params:,}")]  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _total_params(size: str, vocab_size: int | None, overrides: str) -> int:
+    """Once per shape, not per seed: a meta-device model of 128 layers takes a noticeable fraction of a second."""
+    return count_params(size, vocab_size=vocab_size, **json.loads(overrides))[0]
 
 
 def preset_run(

@@ -65,9 +65,10 @@ class Reconciler:
         max_attempts: int = 3,
         backoff_s: float = 10.0,
         job_env: dict[str, str] | None = None,
+        stall_timeout_s: float = 0.0,
     ) -> None:
         self.db, self.jobs, self.max_concurrent, self.max_attempts = db, jobs, max_concurrent, max_attempts
-        self.work_dir, self.backoff_s = work_dir, backoff_s
+        self.work_dir, self.backoff_s, self.stall_timeout_s = work_dir, backoff_s, stall_timeout_s
         self.job_env = job_env or {}
         self.cluster_error: str | None = None  # why the last tick could not reach the job server
         self.tracking_error: str | None = None  # why the last submission could not open its MLflow runs
@@ -166,7 +167,7 @@ class Reconciler:
                 run.spec = {**run.spec, "tracking": {**run.spec["tracking"], "parent_run_id": run.pair.mlflow_run_id}}
             self._progress_file(run).unlink(missing_ok=True)  # a previous attempt's
             self.jobs.submit(sid, run.spec, self.job_env)
-        run.progress = None
+        run.progress, run.progress_at = None, now()
         run.set_status(RunStatus.SUBMITTED, sid)
 
     def _poll(self, s: Session, run: Run) -> None:
@@ -183,6 +184,10 @@ class Reconciler:
                 self._progress(run)
             elif run.status == RunStatus.QUEUED:  # claimed and submitted before a crash: adopt it
                 run.set_status(RunStatus.SUBMITTED, run.submission_id)
+            if stalled := self._stalled(run):
+                self.jobs.stop(run.submission_id)  # its slot is free from now: the job is not waited for
+                run.job_live = False
+                self._failed(run, stalled, permanent=False)
             return
         run.job_live = False
         if status is None and run.status == RunStatus.QUEUED:  # claimed, never submitted: its id is still free
@@ -228,7 +233,23 @@ class Reconciler:
         except (OSError, json.JSONDecodeError):
             return
         if state != run.progress:
-            run.progress = state
+            run.progress, run.progress_at = state, now()
+
+    def _stalled(self, run: Run) -> str | None:
+        """Why the run counts as stalled (no training step for stall_timeout_s), where its progress is readable."""
+        if not self.stall_timeout_s or not self._progress_file(run).parent.is_dir():
+            return None
+        if run.progress_at is None:  # submitted by a control plane before this one: count from now
+            run.progress_at = now()
+        since = run.progress_at if run.progress_at.tzinfo else run.progress_at.replace(tzinfo=UTC)
+        idle = (now() - since).total_seconds()
+        if idle <= self.stall_timeout_s:
+            return None
+        seen = run.progress or {}
+        where = ("before its workers were placed (does the cluster have what it asks for?)" if not seen
+                 else f"at step {seen.get('step')}, {seen.get('phase', 'training')}")  # fmt: skip
+        return (f"no training step for {idle:.0f} s (MYOPIA_STALL_TIMEOUT_S = {self.stall_timeout_s:g}), {where}: "
+                f"its job {run.submission_id} was stopped")  # fmt: skip
 
     def _failed(self, run: Run, error: str, *, permanent: bool) -> None:
         run.error = error

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from cluster.capacity import Capacity
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
 from services.store import Schedule, Sweep, changing, new_id
@@ -79,10 +80,11 @@ def add_schedule(
     profile: str = "cpu",
     allowed_roots: list[Path] | None = None,
     max_schedules: int = 100,
+    capacity: Capacity | None = None,
 ) -> Schedule:
     """Store a schedule whose template plans (a template that cannot is refused now, not at its first tick), while
     fewer than `max_schedules` are live (each can fire a sweep a minute: an unbounded number floods the queue)."""
-    _check_plans(request.template, profile, allowed_roots)
+    _check_plans(request.template, profile, allowed_roots, capacity)
     with db.begin() as s:
         live = s.scalar(select(func.count()).select_from(Schedule).where(Schedule.enabled)) or 0
         if live >= max_schedules:
@@ -96,9 +98,11 @@ def add_schedule(
     return schedule
 
 
-def _check_plans(template: SweepRequest, profile: str, allowed_roots: list[Path] | None) -> None:
+def _check_plans(
+    template: SweepRequest, profile: str, allowed_roots: list[Path] | None, capacity: Capacity | None = None
+) -> None:
     try:
-        plan(template, profile=profile, allowed_roots=allowed_roots)
+        plan(template, profile=profile, allowed_roots=allowed_roots, capacity=capacity)
     except InvalidRequest as e:
         raise InvalidRequest([(f"template.{field}", msg) for field, msg in e.errors]) from None
 
@@ -110,11 +114,12 @@ def edit_schedule(
     profile: str = "cpu",
     allowed_roots: list[Path] | None = None,
     now: datetime | None = None,
+    capacity: Capacity | None = None,
 ) -> Schedule:
     """Rename, re-time, re-template, pause or resume a schedule. A new cron or a resumed schedule fires from its
     next tick: the ticks it missed (or that the new cron would have had) are skipped, not caught up."""
     if edit.template is not None:
-        _check_plans(edit.template, profile, allowed_roots)
+        _check_plans(edit.template, profile, allowed_roots, capacity)
     # a compare-and-set on the revision read: of two concurrent edits, the second is decided again on the first's
     return changing(db, lambda s: _edit(s, schedule_id, edit, now))
 

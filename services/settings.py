@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         "change, hourly; default: keep everything",
     )
     max_request_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies are refused (413)")
+    stall_timeout_s: float = Field(
+        1800.0,
+        ge=0.0,
+        description="a run whose job makes no training step for this long (never placed, or hung) is failed and "
+        "its slot freed; 0: never. Applies where the control plane reads the runs' progress (local or shared "
+        "job storage)",
+    )
     max_schedules: int = Field(100, ge=1, description="live schedules at most (each can fire a sweep a minute)")
 
     @field_validator(

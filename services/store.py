@@ -119,6 +119,7 @@ class Run(Base):
     submission_id: Mapped[str | None] = mapped_column(String(80))
     result: Mapped[dict | None] = mapped_column(JSON)
     progress: Mapped[dict | None] = mapped_column(JSON)  # {step, steps, loss} of the attempt running now
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # submitted, or progress last moved
     error: Mapped[str | None] = mapped_column(Text)
     # compared and bumped by every ORM update of the row: a change decided on a stale read raises StaleDataError
     version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -13,6 +13,7 @@ from sqlalchemy import DateTime, and_, delete, func, insert, literal, or_, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from cluster.capacity import Capacity
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
 from services.store import (
@@ -45,6 +46,7 @@ def create_sweep(
     profile: str = "cpu",
     mlflow_uri: str | None = None,
     allowed_roots: list[Path] | None = None,
+    capacity: Capacity | None = None,
 ) -> tuple[Sweep, bool]:
     """(sweep, created). A key seen before returns the sweep it created for the same request; for another request
     it is a Conflict. An empty key is no key."""
@@ -54,7 +56,7 @@ def create_sweep(
         return existing, False
     sweep_id = new_id("sw")
     # refuses bad templates (naming the field), paths outside the allowed roots and unmatched pairs
-    planned = plan(request, profile=profile, allowed_roots=allowed_roots)
+    planned = plan(request, profile=profile, allowed_roots=allowed_roots, capacity=capacity)
     try:
         with db.begin() as s:
             sweep = Sweep(

@@ -73,6 +73,16 @@ def train_loop(config: dict[str, Any]) -> None:
     if not torch.cuda.is_available():  # the cores this worker reserved, not every core of the node (OMP's default)
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     progress_file = Path(config["progress_file"]) if config.get("progress_file") else None
+    steps = spec.train.steps
+
+    def beat(phase: str, step: int = 0, loss: float | None = None) -> None:
+        """Rank 0's progress, read by the control plane: each step, and each phase that takes long without one
+        (data, engine, the final evaluation and checkpoint), so that a working run never looks stalled."""
+        if progress_file and ray.train.get_context().get_world_rank() == 0:
+            state = {"step": step, "steps": steps, "phase": phase, "pid": os.getpid()}
+            progress_file.write_text(json.dumps(state | ({"loss": loss} if loss is not None else {})))
+
+    beat("placed")
 
     configure_deepspeed_env()  # before deepspeed is imported: it picks its accelerator then
     from trainers import engine as eng
@@ -85,6 +95,7 @@ def train_loop(config: dict[str, Any]) -> None:
     marks["distributed"] = time.time()
     task = make_task(spec)
     marks["data"] = time.time()
+    beat("data ready")
     torch.manual_seed(spec.seed)  # the same initial weights in both arms
     model = task.build_model()
     fast = speedups(spec)
@@ -105,6 +116,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if fast.compile:
         engine.compile()
     marks["engine"] = time.time()
+    beat("engine ready")
 
     start = 0
     checkpoint = ray.train.get_checkpoint()
@@ -117,7 +129,7 @@ def train_loop(config: dict[str, Any]) -> None:
     tracker = Tracker(spec, enabled=rank == 0)
     tracker.start()
     marks["tracking"] = time.time()
-    steps, t = spec.train.steps, spec.train
+    t = spec.train
     log_every = max(1, steps // 200)
     try:
         for step in range(start, steps):
@@ -137,9 +149,7 @@ def train_loop(config: dict[str, Any]) -> None:
             done = step + 1
             if done == start + 1:
                 marks["first_step"] = time.time()
-            if rank == 0 and progress_file:
-                progress = {"step": done, "steps": steps, "loss": losses[-1], "pid": os.getpid()}
-                progress_file.write_text(json.dumps(progress))
+            beat("training", done, losses[-1])
             if done % log_every == 0 or done == steps or done == start + 1:
                 grad_norm = engine.get_global_grad_norm() if grad_norm is None else grad_norm
                 metrics = {
@@ -155,6 +165,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 _report(engine, done, {"step": done})
 
         marks["last_step"] = time.time()
+        beat("evaluating", steps)
         result = task.evaluate(engine, rank, world)
         marks["evaluated"] = time.time()
         probes = None
@@ -175,6 +186,7 @@ def train_loop(config: dict[str, Any]) -> None:
         }
         tracker.artifact(final, "result.json")
         marks["checkpoint_start"] = time.time()  # the final checkpoint and Ray Train's hand-off end at fit_end
+        beat("checkpointing", steps)
         _report(engine, steps, final)
         tracker.end("FINISHED")
     except BaseException:

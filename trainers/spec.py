@@ -204,10 +204,15 @@ DataSpec = Annotated[
 ]
 
 
+MAX_TOKENS_PER_FORWARD = 2**20  # 512 sequences of 2,048: more than any one GPU takes of the smallest model
+
+
 class TrainSpec(Strict):
     steps: int = Field(1000, ge=1, le=10_000_000)
     seq_len: int = Field(64, ge=2, le=2048)
-    micro_batch: int = Field(8, ge=1, le=65_536, description="sequences per worker per forward")
+    micro_batch: int = Field(
+        8, ge=1, le=65_536, description="sequences per worker per forward; micro_batch × seq_len ≤ 1,048,576 tokens"
+    )
     global_batch: int = Field(32, ge=1, le=1_048_576, description="sequences per optimizer step, all workers together")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     checkpoint_interval: int = Field(
@@ -316,6 +321,12 @@ class RunSpec(Strict):
                     "multiplication data trains from scratch on its own 12 tokens: leave "
                     "model.vocab_size and protocol.checkpoint unset",
                 )
+        if self.train.micro_batch * self.train.seq_len > MAX_TOKENS_PER_FORWARD:
+            raise field_error(
+                "train.micro_batch",
+                f"train.micro_batch × train.seq_len is {self.train.micro_batch * self.train.seq_len:,} tokens per "
+                f"forward; at most {MAX_TOKENS_PER_FORWARD:,} (no worker holds more activations)",
+            )
         if self.train.precision == "fp16" and self.resources.gpus_per_worker == 0:
             raise field_error("train.precision", "fp16 needs GPUs (resources.gpus_per_worker > 0); use fp32 or bf16")
         return self

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
 
-from api.deps import BackgroundDep, Db, SettingsDep
+from api.deps import BackgroundDep, CapacityDep, Db, SettingsDep
 from api.schemas import ErrorOut, RunOut, RunPage, SweepOut, SweepPage, SweepSummary
 from services import results, retention, sweeps
 from services.errors import InvalidRequest
@@ -31,9 +31,11 @@ def create_sweep(
     db: Db,
     settings: SettingsDep,
     background: BackgroundDep,
+    capacity: CapacityDep,
     idempotency_key: Annotated[str | None, Header(max_length=200, pattern=r"^[\x21-\x7e]*$")] = None,
 ):
-    """Plan the request into matched pairs and queue their runs. A known Idempotency-Key returns its sweep (200)
+    """Plan the request into matched pairs and queue their runs (a 422 where the cluster could never place a run's
+    workers: its largest node, its CPUs and GPUs in all). A known Idempotency-Key returns its sweep (200)
     for the same request and is a 409 for another; an empty key is no key. Keys beginning `schedule:` are the
     scheduler's own (a client using one could make a schedule's tick fail): 422."""
     if idempotency_key and idempotency_key.lower().startswith(SCHEDULER_KEYS):
@@ -45,6 +47,7 @@ def create_sweep(
         mlflow_uri=settings.mlflow,
         profile=settings.resource_profile,
         allowed_roots=settings.data_roots,
+        capacity=capacity,
     )
     if created and background is not None:
         background.wake("reconciler")

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from cluster.jobs import Jobs
@@ -141,3 +142,58 @@ def test_concurrent_deletes_of_a_schedule_give_one_success(database_url):
     with ThreadPoolExecutor(20) as pool:
         answers = Counter(pool.map(delete, range(20)))
     assert answers == Counter({"deleted": 1, "not found": 19}), answers
+
+
+def test_a_run_that_makes_no_progress_is_failed_and_frees_its_slot(head, tmp_path):
+    """2 workers × 2 CPUs on a head of 2 CPUs are never placed (the API refuses such a request at submission; the
+    service call here does not ask the cluster): the run fails with the reason, its job is stopped, and the next
+    sweep's run takes the slot."""
+    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
+    one = {**LONG, "arms": ["vanilla"], "unpaired": True}
+    stuck, _ = create_sweep(db, SweepRequest.model_validate(
+        {**one, "run": {**one["run"], "resources": {"workers": 2, "cpus_per_worker": 2}}}))  # fmt: skip
+    later, _ = create_sweep(db, SweepRequest.model_validate(one))
+    env = {"MYOPIA_DATA_DIR": str(head["root"])}
+    rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, max_attempts=1, job_env=env, stall_timeout_s=8)
+    until(lambda: get_sweep(db, stuck.id).status == "failed", tick=rec.tick, timeout=120)
+    run = get_sweep(db, stuck.id).runs[0]
+    assert "no training step for" in run.error and "placed" in run.error, run.error
+    until(lambda: head["jobs"].status(run.submission_id).value in ("STOPPED", "FAILED"), timeout=60)
+    until(lambda: get_sweep(db, later.id).runs[0].status in ("submitted", "running"), tick=rec.tick, timeout=60)
+    cancel_sweep(db, later.id)
+    settle(rec, db, later.id)
+
+
+def test_a_request_the_cluster_can_never_place_is_refused(head, tmp_path):
+    """The embedded head's nodes (one, 2 CPUs, no GPU) bound what a request may ask, field by field."""
+    from services.settings import Settings
+    from tests.integration.test_api import Server
+
+    srv = Server(Settings(data_dir=tmp_path, mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"), jobs=head["jobs"])
+    srv.start()
+    try:
+        for resources, field in (
+            ({"gpus_per_worker": 1}, "run.resources.gpus_per_worker"),
+            ({"workers": 1024, "cpus_per_worker": 512}, "run.resources.cpus_per_worker"),
+            ({"workers": 3, "cpus_per_worker": 1}, "run.resources.workers"),
+            ({"workers": 2, "placement": "STRICT_SPREAD", "cpus_per_worker": 1}, "run.resources.placement"),
+        ):
+            body = {
+                **SWEEP,
+                "run": {**SWEEP["run"], "resources": resources, "train": {"global_batch": 3072, "micro_batch": 1}},
+            }
+            r = httpx.post(f"{srv.url}/v1/sweeps", json=body, timeout=60)
+            assert r.status_code == 422 and field in [d["field"] for d in r.json()["detail"]], (resources, r.text)
+            assert "embedded Ray head" in r.text
+            schedule = {"name": "n", "cron": "0 3 * * *", "template": body}
+            r = httpx.post(f"{srv.url}/v1/schedules", json=schedule, timeout=60)
+            assert r.status_code == 422 and f"template.{field}" in [d["field"] for d in r.json()["detail"]], r.text
+        huge = {
+            **SWEEP,
+            "run": {**SWEEP["run"], "train": {"micro_batch": 65_536, "global_batch": 65_536, "seq_len": 2048}},
+        }
+        r = httpx.post(f"{srv.url}/v1/sweeps", json=huge, timeout=60)
+        assert r.status_code == 422 and "run.train.micro_batch" in [d["field"] for d in r.json()["detail"]], r.text
+        assert httpx.get(f"{srv.url}/v1/sweeps", timeout=30).json()["items"] == []  # nothing stored
+    finally:
+        srv.stop()

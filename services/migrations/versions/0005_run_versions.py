@@ -1,5 +1,6 @@
 """Runs carry a row version that every change of a run compares and bumps, so that a status change made on a stale
-read (the reconciler's, a cancel's, a retry's) fails instead of overwriting the other
+read (the reconciler's, a cancel's, a retry's) fails instead of overwriting the other; and the time of a run's last
+progress, so that a run that makes none is failed and frees its slot
 
 Revision ID: 0005
 Revises: 0004
@@ -17,8 +18,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("runs") as batch:  # batch: SQLite cannot alter tables in place
         batch.add_column(sa.Column("version", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("progress_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:
+        batch.drop_column("progress_at")
         batch.drop_column("version")
