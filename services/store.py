@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -299,6 +300,11 @@ def _guard_file(engine: Engine, path: Path) -> Callable[..., None]:
     # take the file for its last user and delete the write-ahead log this process still writes to (seen: a
     # bench reading the store beside `myopia serve` lost the server's writes).
     header = os.open(path, os.O_RDONLY) if identity else None
+    # One connection open for the life of the engine, too: SQLite deletes the write-ahead log when its last
+    # connection closes, so with this one open the log exists throughout, and a log that vanishes or changes is
+    # someone else's doing (deleted under the server, its connections would go on appending to the unlinked file,
+    # and acknowledged writes would be gone at the next start).
+    wal, log = Path(f"{path}-wal"), {}
 
     def guard(*_: object) -> None:
         if _identity(path) != identity or header is None:
@@ -307,6 +313,19 @@ def _guard_file(engine: Engine, path: Path) -> Callable[..., None]:
         # 16 bytes: a pooled connection would not notice an overwritten header itself
         if os.pread(header, 16, 0) != SQLITE_MAGIC:
             raise StoreUnavailable(f"the database file {path} is not an SQLite database any more (corrupted?)")
+        if "identity" not in log:
+            anchor = sqlite3.connect(path, check_same_thread=False)
+            anchor.execute("PRAGMA journal_mode=WAL").fetchall()
+            anchor.execute("SELECT count(*) FROM sqlite_master").fetchall()  # opens the log and its index
+            log.update(anchor=anchor, identity=_identity(wal))
+        if _identity(wal) != log["identity"]:
+            if not log.get("saved"):  # the anchor still reads the unlinked log: copy what it holds into the file
+                log["saved"] = log["anchor"].execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+            raise StoreUnavailable(
+                f"the write-ahead log {wal} was deleted or replaced while the control plane ran; what was "
+                "acknowledged was copied into the database file, and nothing more is written: restart the "
+                "control plane to take writes again"
+            )
 
     # before a new connection would create a ghost file, and before a pooled one is handed out
     event.listen(engine, "do_connect", guard)

@@ -124,3 +124,28 @@ def test_concurrent_plots_all_render(server):
         )  # fmt: skip
     assert [a.status_code for a in answers] == [200] * 24
     assert all(a.content.startswith(b"\x89PNG") for a in answers)
+
+
+def test_a_deleted_write_ahead_log_loses_nothing_acknowledged(tmp_path):
+    """`myopia serve` (a real process; no cluster: the API does not need one) has its SQLite log deleted under it:
+    writes are refused from then on, and after a SIGKILL and a restart every acknowledged sweep is there."""
+    from tests.integration.serving import ServeProcess
+
+    serve = ServeProcess(tmp_path, RAY_ADDRESS="http://127.0.0.1:9")  # nothing listens: the runs just wait
+    serve.start()
+    try:
+        acknowledged = [serve.post("/v1/sweeps", {**REQUEST, "name": f"s{i}"}) for i in range(5)]
+        assert [r.status_code for r in acknowledged] == [201] * 5
+        wal = tmp_path / "cp.db-wal"
+        assert wal.exists()
+        wal.unlink()
+        refused = serve.post("/v1/sweeps", {**REQUEST, "name": "after"})
+        assert refused.status_code == 503 and "write-ahead log" in refused.text, refused.text
+        assert httpx.get(f"{serve.url}/readyz", timeout=30).status_code == 503
+        serve.kill()  # no shutdown of any kind
+        serve.start()
+        for r in acknowledged:
+            assert httpx.get(f"{serve.url}/v1/sweeps/{r.json()['id']}", timeout=30).status_code == 200
+        assert [s["name"] for s in serve.get("/v1/sweeps")["items"]] == [f"s{i}" for i in range(5)][::-1]
+    finally:
+        serve.stop()
