@@ -34,6 +34,7 @@ from cluster.resources import Placement, placement
 from services.errors import InvalidRequest
 from services.presets import PRESETS, merge
 from trainers.corpora import corpus_names
+from trainers.data import DataError, corpus_files
 from trainers.models import PYTHIA_SIZES, SIZES, SizeName, count_params
 from trainers.myopic import AttentionMode
 from trainers.spec import RunSpec, Strict, check_matched, error_path, field_error
@@ -282,11 +283,18 @@ def _paths_outside(spec: RunSpec, roots: list[Path] | None) -> list[tuple[str, s
         wanted.append(("run.protocol.checkpoint", checkpoint))
     resolved = [r.expanduser().resolve() for r in roots]
     where = ", ".join(str(r) for r in resolved) or "(none)"
-    return [
+    outside = [
         (field, f"{value!r} is neither a known name nor a path under the allowed data roots ({where})")
         for field, value in wanted
         if not any(Path(value).expanduser().resolve().is_relative_to(r) for r in resolved)
     ]
+    corpus = Path(spec.data.corpus).expanduser() if spec.data.kind == "text" else None
+    if not outside and corpus and ("run.data.corpus", spec.data.corpus) in wanted and corpus.exists():
+        try:  # what the job would read of it, checked now where this machine sees it (the job checks again)
+            corpus_files(corpus)
+        except DataError as e:
+            outside.append(("run.data.corpus", str(e)))
+    return outside
 
 
 def _too_big(spec: RunSpec, where: Placement, profile: str) -> list[tuple[str, str]]:

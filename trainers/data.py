@@ -54,21 +54,35 @@ def read_documents(corpus: str, root: Path | None = None) -> tuple[str, list[tup
                     ) from None
         return corpus, docs
     path = Path(corpus).expanduser()
+    files = corpus_files(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ""))
-        if not files:
-            raise DataError(f"{path} holds no .txt or .md files")
         docs = [(str(p.relative_to(path)), _read_text(p)) for p in files]
-    elif path.is_file():  # one file: its blank-line-separated paragraphs are the documents
-        if path.suffix not in TEXT_SUFFIXES:  # never a store, a key or a state file that happens to lie nearby
-            raise DataError(f"{path} is not a text file ({', '.join(TEXT_SUFFIXES)})")
+    else:  # one file: its blank-line-separated paragraphs are the documents
         docs = [
             (f"{path.name}#{i}", para) for i, para in enumerate(re.split(r"\n\s*\n", _read_text(path))) if para.strip()
         ]
-    else:
-        raise DataError(f"no corpus named {corpus!r} (known: {', '.join(CORPORA)}) and no such file or folder")
     key = "local-" + hashlib.sha256("".join(i + t for i, t in docs).encode()).hexdigest()[:12]
     return key, docs
+
+
+def corpus_files(path: Path) -> list[Path]:
+    """The text files a local corpus (a file or a folder) is read from, or a DataError naming why not: a file must
+    be text (never a store, a key or a state file that happens to lie nearby), and no file of a folder may lead out
+    of it through a link (a folder of links to /etc/passwd is not a corpus)."""
+    if path.is_dir():
+        inside = path.resolve()
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ""))
+        for p in files:
+            if not p.resolve().is_relative_to(inside):  # (a link to a file, or inside a linked folder)
+                raise DataError(f"{p} links to {p.resolve()}, outside the corpus folder {path}: copy the file in")
+        if not files:
+            raise DataError(f"{path} holds no .txt or .md files")
+        return files
+    if path.is_file():
+        if path.suffix not in TEXT_SUFFIXES or path.resolve().suffix not in TEXT_SUFFIXES:
+            raise DataError(f"{path} is not a text file ({', '.join(TEXT_SUFFIXES)})")
+        return [path]
+    raise DataError(f"no corpus named {str(path)!r} (known: {', '.join(CORPORA)}) and no such file or folder")
 
 
 def _read_text(path: Path) -> str:

@@ -149,3 +149,17 @@ def test_a_deleted_write_ahead_log_loses_nothing_acknowledged(tmp_path):
         assert [s["name"] for s in serve.get("/v1/sweeps")["items"]] == [f"s{i}" for i in range(5)][::-1]
     finally:
         serve.stop()
+
+
+def test_links_out_of_a_corpus_and_the_stores_own_file_are_refused_at_submission(server, tmp_path):
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "a.txt").write_text("One fish. " * 50)
+    (book / "passwd").symlink_to("/etc/passwd")
+    for corpus, why in ((book, "outside the corpus folder"), (tmp_path / "myopia.db", "is not a text file")):
+        body = {**REQUEST, "run": {**REQUEST["run"], "data": {"kind": "text", "corpus": str(corpus)}}}
+        r = post(server, "/v1/sweeps", body)
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "run.data.corpus" and why in r.text, r.text
+    (book / "passwd").unlink()
+    body = {**REQUEST, "run": {**REQUEST["run"], "data": {"kind": "text", "corpus": str(book)}}}
+    assert post(server, "/v1/sweeps", body).status_code == 201

@@ -146,6 +146,30 @@ def test_local_file_folder_and_bad_text(data_root, tmp_path):
         d.read_documents(str(tmp_path / "latin1.txt"), data_root)
 
 
+def test_a_corpus_folder_never_leads_out_of_itself(data_root, tmp_path):
+    """Links inside a corpus folder to files (or folders) outside it are refused, naming the link; links that stay
+    inside are read; a link to a non-text file is no text file."""
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("root:x:0:0")
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "a.txt").write_text("One fish. " * 50)
+    (book / "again.txt").symlink_to(book / "a.txt")  # inside: fine
+    assert [i for i, _ in d.read_documents(str(book), data_root)[1]] == ["a.txt", "again.txt"]
+    (book / "passwd").symlink_to(tmp_path / "outside" / "secret")
+    with pytest.raises(d.DataError, match="passwd links to .*outside the corpus folder"):
+        d.read_documents(str(book), data_root)
+    (book / "passwd").unlink()
+    (book / "more").symlink_to(tmp_path / "outside", target_is_directory=True)
+    if any(p.name == "secret" for p in book.rglob("*")):  # (where this Python's rglob descends into linked folders)
+        with pytest.raises(d.DataError, match="outside the corpus folder"):
+            d.read_documents(str(book), data_root)
+    (tmp_path / "store.db").write_bytes(b"SQLite format 3\x00")
+    (tmp_path / "notes.txt").symlink_to(tmp_path / "store.db")
+    with pytest.raises(d.DataError, match="is not a text file"):
+        d.read_documents(str(tmp_path / "notes.txt"), data_root)
+
+
 def test_huggingface_datasets_are_read_lazily_and_only_as_far_as_needed(data_root, tmp_path):
     import datasets
 
