@@ -256,8 +256,10 @@ def _retry(s: Session, run_id: str) -> None:
         for local in (r for r in run.pair.runs if r.arm == "local" and r.status == RunStatus.FAILED):
             if "vanilla partner" in (local.error or ""):
                 _requeue(local, f"its vanilla partner {run.id} is retried")
-    if run.sweep.status in TERMINAL:
-        run.sweep.status = RunStatus.RUNNING
+    # the sweep runs again, decided on the row as it is when this commits (a cancel of the sweep that lands
+    # between this read and this write still ends with the retried run's sweep running, never cancelled over it)
+    ended = Sweep.status.in_([str(t) for t in TERMINAL])
+    s.execute(update(Sweep).where(Sweep.id == run.sweep_id, ended).values(status=RunStatus.RUNNING))
 
 
 @dataclass
@@ -296,5 +298,6 @@ def delete_sweep(db: sessionmaker, sweep_id: str) -> Deleted:
         s.execute(delete(Pair).where(Pair.sweep_id == sweep_id))
         s.execute(update(Sweep).where(Sweep.previous_sweep_id == sweep_id).values(previous_sweep_id=None))
         s.execute(update(Schedule).where(Schedule.last_sweep_id == sweep_id).values(last_sweep_id=None))
-        s.execute(delete(Sweep).where(Sweep.id == sweep_id))
+        if not s.execute(delete(Sweep).where(Sweep.id == sweep_id)).rowcount:  # a concurrent delete got there first
+            raise NotFound(f"no sweep {sweep_id!r}")
     return gone
