@@ -168,8 +168,35 @@ def context() -> list[str]:
     return lines
 
 
+def attack() -> list[str]:
+    """docs/reliability.md: the attack of issue 22 against `myopia serve` (bench/attack.py --json)."""
+    doc = load("attack.json")
+    ph = doc["phases"]
+
+    def codes(counts: dict) -> str:
+        return ", ".join(f"{n:,} × {code}" for code, n in counts.items())
+
+    body, small, keep = ph["amplifying bodies"], ph["small defects"], ph["durability"]
+    held = {
+        "concurrency": "; ".join(f"{k}: {v}" for k, v in ph["concurrency"]["broken"].items()),
+        "amplifying bodies": f"largest answer {body['largest_answer_bytes']} bytes; /healthz median "
+        f"{body['healthz_ms']['median']:.0f} ms, max {body['healthz_ms']['max']:.0f} ms over "
+        f"{body['healthz_ms']['n']} probes",
+        "small defects": f"{small['schedules_accepted_of_101']} of 101 schedules accepted; 20 concurrent deletes of "
+        f"one schedule: {codes(small['concurrent_deletes_of_one_schedule'])}",
+        "concurrent plots": f"73 PNGs, 8 at a time: {codes(ph['concurrent plots']['concurrent_pngs'])}",
+        "durability": f"{keep['acknowledged']} acknowledged; after the log was deleted: "
+        f"{codes(keep['after_the_log_was_deleted'])}; lost after SIGKILL and restart: {keep['lost']}",
+    }
+    lines = [f"| {name} | {sum(f['by_status'].values()):,} | {codes(f['by_status'])} | {held[name]} |"
+             for name, f in ph.items()]  # fmt: skip
+    lines.append(f"**{doc['requests']:,} requests, {doc['5xx']} × 5xx, {doc['lost']} acknowledged writes lost**")
+    return lines
+
+
 RENDERERS = {
     "docs/performance.md": bench_cpu,
+    "docs/reliability.md": attack,
     "docs/science.md": lambda: dp_baseline() + interval_coverage(),
     "docs/results.md": lambda: (
         synthetic_cpu() + cpu_ladder() + demo() + text_calibration() + local_bonus() + multiplication() + context()
