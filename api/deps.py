@@ -44,7 +44,7 @@ def get_capacity(request: Request) -> Capacity | None:
         return Capacity.of_profile(settings.resource_profile)
     state = request.app.state
     at, known = getattr(state, "capacity", (float("-inf"), None))
-    if time.monotonic() - at > CAPACITY_TTL_S or known is None:
+    if time.monotonic() - at > CAPACITY_TTL_S:  # (an answer of none is kept as long: a hung head is asked rarely)
         try:
             known = Capacity.of_nodes(jobs.nodes(), "the embedded Ray head's nodes")
         except Exception:  # noqa: BLE001 - a head that does not answer refuses nothing: its runs wait in the queue

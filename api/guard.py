@@ -45,8 +45,8 @@ class RequestGuard:
             more = message.get("more_body", False)
             if len(body) > self.max_body:
                 return await _answer(send, 413, "too_large", f"request bodies are limited to {self.max_body:,} bytes")
-        if body and (why := await anyio.to_thread.run_sync(_too_many_values, bytes(body))):
-            return await _answer(send, 413, "too_large", why)
+        if body and (refused := await anyio.to_thread.run_sync(_refused_shape, bytes(body))):
+            return await _answer(send, *refused)
         replayed = False
 
         async def replay() -> Message:
@@ -70,9 +70,10 @@ class RequestGuard:
 MAX_JSON_VALUES = 10_000  # a sweep request has about a hundred; each value costs validation and error reporting
 
 
-def _too_many_values(body: bytes) -> str | None:
-    """Why a JSON body is refused by its shape (more values than any request has), or None (also for a body that
-    is not JSON: the route's own parser names that). Run off the event loop: a 1-MB body takes milliseconds."""
+def _refused_shape(body: bytes) -> tuple[int, str, str] | None:
+    """(status, kind, why) for a JSON body refused by its shape: more values than any request has (413), or a NUL
+    character in a string (400: no path, name or database takes one); None otherwise (also for a body that is not
+    JSON: the route's own parser names that). Run off the event loop: a 1-MB body takes milliseconds."""
     try:
         stack = [json.loads(body)]
     except (ValueError, RecursionError):
@@ -80,12 +81,13 @@ def _too_many_values(body: bytes) -> str | None:
     seen = 0
     while stack:
         value = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            return 400, "bad_request", "a NUL character in a string of the body"
         if isinstance(value, dict | list):
-            items = value.values() if isinstance(value, dict) else value
             seen += len(value)
             if seen > MAX_JSON_VALUES:
-                return f"request bodies hold at most {MAX_JSON_VALUES:,} JSON values (keys and list items)"
-            stack.extend(v for v in items if isinstance(v, dict | list))
+                return 413, "too_large", f"request bodies hold at most {MAX_JSON_VALUES:,} JSON values (keys and items)"
+            stack.extend([*value, *value.values()] if isinstance(value, dict) else value)
     return None
 
 

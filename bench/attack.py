@@ -106,7 +106,7 @@ def concurrency(t: Target, rng: random.Random, sweeps: int) -> dict:
                 break
             now = now.json()
             open_runs = [r for r in now["runs"] if r["status"] in ("queued", "submitted", "running")]
-            broken["a cancelled sweep with an open run"] += now["status"] == "cancelled" and bool(open_runs)
+            broken["an ended sweep with an open run"] += now["status"] in ("cancelled", "failed") and bool(open_runs)
             broken["attempts ≠ retries answered 200"] += sum(r["attempt"] != retried[r["id"]] for r in now["runs"])
     return {"sweeps": sweeps, "broken": dict(broken)}
 

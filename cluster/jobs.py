@@ -135,7 +135,7 @@ class Jobs:
             f"{self._address()}/api/v0/nodes",
             params={"limit": 10_000, "detail": "true"},
             headers=self._headers,
-            timeout=10,
+            timeout=3,
         )
         answer.raise_for_status()
         rows = answer.json()["data"]["result"]["result"]

@@ -229,7 +229,7 @@ def plan(
     With `allowed_roots`, every local path the runs would read (a corpus, a dataset, a checkpoint) must lie under
     one of them; the planned model must fit the profile's `max_params`; with `capacity`, the cluster must be able
     to place each run's workers."""
-    pairs = []
+    pairs, corpora_checked = [], {}
     for size in request.sizes:
         for seed in request.seeds:
             try:
@@ -237,7 +237,8 @@ def plan(
             except ValidationError as e:
                 errors = [(error_path(err, ("run",)), f"{err['msg']} (at size {size})") for err in e.errors()]
                 raise InvalidRequest(errors) from None
-            errors = _paths_outside(base, allowed_roots) + _too_big(base, placement(size, profile), profile)
+            errors = _paths_outside(base, allowed_roots, corpora_checked)
+            errors += _too_big(base, placement(size, profile), profile)
             errors += [(f, f"{msg} (at size {size})") for f, msg in unplaceable(base.resources, capacity)]
             if errors:
                 raise InvalidRequest(errors)
@@ -268,7 +269,7 @@ def profile_of(request_body: dict[str, Any], default: str) -> str:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
-def _paths_outside(spec: RunSpec, roots: list[Path] | None) -> list[tuple[str, str]]:
+def _paths_outside(spec: RunSpec, roots: list[Path] | None, checked: dict | None = None) -> list[tuple[str, str]]:
     """The local paths a run would read that lie outside the allowed roots (a request is data, never a path to
     whatever the service can read)."""
     if roots is None:
@@ -290,10 +291,14 @@ def _paths_outside(spec: RunSpec, roots: list[Path] | None) -> list[tuple[str, s
     ]
     corpus = Path(spec.data.corpus).expanduser() if spec.data.kind == "text" else None
     if not outside and corpus and ("run.data.corpus", spec.data.corpus) in wanted and corpus.exists():
-        try:  # what the job would read of it, checked now where this machine sees it (the job checks again)
-            corpus_files(corpus)
-        except DataError as e:
-            outside.append(("run.data.corpus", str(e)))
+        if (checked := {} if checked is None else checked).get(str(corpus)) is None:  # once per request, not per pair
+            try:  # what the job would read of it, checked now where this machine sees it (the job checks again)
+                corpus_files(corpus)
+                checked[str(corpus)] = ""
+            except DataError as e:
+                checked[str(corpus)] = str(e)
+        if checked[str(corpus)]:
+            outside.append(("run.data.corpus", checked[str(corpus)]))
     return outside
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from cluster.jobs import ACTIVE as JOB_ACTIVE
 from cluster.jobs import Jobs, submission_id
 from services import sweep_tracking
-from services.store import ACTIVE, TERMINAL, Run, RunStatus, Sweep, derive_sweep_status, now
+from services.store import ACTIVE, TERMINAL, Run, RunStatus, derive_sweep_status, now
 from trainers.job_protocol import job_error, parse_result, progress_file, run_storage
 
 log = logging.getLogger("myopia.reconciler")
@@ -69,6 +69,7 @@ class Reconciler:
     ) -> None:
         self.db, self.jobs, self.max_concurrent, self.max_attempts = db, jobs, max_concurrent, max_attempts
         self.work_dir, self.backoff_s, self.stall_timeout_s = work_dir, backoff_s, stall_timeout_s
+        self.started = now()
         self.job_env = job_env or {}
         self.cluster_error: str | None = None  # why the last tick could not reach the job server
         self.tracking_error: str | None = None  # why the last submission could not open its MLflow runs
@@ -106,7 +107,7 @@ class Reconciler:
                 touched |= self._each(run_id, self._submit)
         for sweep_id in touched:
             with self.db.begin() as s:
-                derive_sweep_status(s, s.get(Sweep, sweep_id))
+                derive_sweep_status(s, sweep_id)
 
     def _each(self, run_id: str, step: Callable[[Session, Run], None]) -> set[str]:
         """One run in a transaction of its own; an error becomes the run's event and a backoff, never the tick's."""
@@ -131,6 +132,8 @@ class Reconciler:
                 return set()
             with self.db.begin() as s:
                 run = s.get(Run, run_id)
+                if run is None or run.status in TERMINAL:  # deleted or cancelled meanwhile: that stands
+                    return set()
                 self._failed(run, f"control plane: {type(e).__name__}: {e}"[:2000], permanent=False)
                 return {run.sweep_id}
 
@@ -172,7 +175,9 @@ class Reconciler:
 
     def _poll(self, s: Session, run: Run) -> None:
         status = self.jobs.status(run.submission_id)
-        if run.status in TERMINAL:  # cancelled, or failed at its submission: its job, if any, must go
+        # cancelled, failed, or requeued past this job (failed at its submission, stalled): the job, if any, must
+        # go; the run is not submitted again until it has (its checkpoints are not shared with a dying job)
+        if run.status in TERMINAL or run.submission_id != submission_id(run.id, run.attempt):
             if status in JOB_ACTIVE:
                 self.jobs.stop(run.submission_id)
             else:
@@ -185,8 +190,7 @@ class Reconciler:
             elif run.status == RunStatus.QUEUED:  # claimed and submitted before a crash: adopt it
                 run.set_status(RunStatus.SUBMITTED, run.submission_id)
             if stalled := self._stalled(run):
-                self.jobs.stop(run.submission_id)  # its slot is free from now: the job is not waited for
-                run.job_live = False
+                self.jobs.stop(run.submission_id)  # its slot is free from now (a queued run takes none)
                 self._failed(run, stalled, permanent=False)
             return
         run.job_live = False
@@ -236,19 +240,17 @@ class Reconciler:
             run.progress, run.progress_at = state, now()
 
     def _stalled(self, run: Run) -> str | None:
-        """Why the run counts as stalled (no training step for stall_timeout_s), where its progress is readable."""
-        if not self.stall_timeout_s or not self._progress_file(run).parent.is_dir():
+        """Why the run counts as stalled: placed (its rank 0 has written progress, so progress is readable here)
+        and silent since for stall_timeout_s. A run waiting for its workers on a busy cluster is queueing, not
+        stalled (a request no node could ever place is refused at submission)."""
+        if not self.stall_timeout_s or not run.progress or run.progress_at is None:
             return None
-        if run.progress_at is None:  # submitted by a control plane before this one: count from now
-            run.progress_at = now()
         since = run.progress_at if run.progress_at.tzinfo else run.progress_at.replace(tzinfo=UTC)
-        idle = (now() - since).total_seconds()
+        idle = (now() - max(since, self.started)).total_seconds()  # a control plane that was down counts from now
         if idle <= self.stall_timeout_s:
             return None
-        seen = run.progress or {}
-        where = ("before its workers were placed (does the cluster have what it asks for?)" if not seen
-                 else f"at step {seen.get('step')}, {seen.get('phase', 'training')}")  # fmt: skip
-        return (f"no training step for {idle:.0f} s (MYOPIA_STALL_TIMEOUT_S = {self.stall_timeout_s:g}), {where}: "
+        where = f"at step {run.progress.get('step')}, {run.progress.get('phase', 'training')}"
+        return (f"no progress for {idle:.0f} s (MYOPIA_STALL_TIMEOUT_S = {self.stall_timeout_s:g}), {where}: "
                 f"its job {run.submission_id} was stopped")  # fmt: skip
 
     def _failed(self, run: Run, error: str, *, permanent: bool) -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from croniter import CroniterBadDateError, croniter
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +24,7 @@ from services.errors import Conflict, InvalidRequest, NotFound
 from services.planner import SweepRequest, plan
 from services.store import Schedule, Sweep, changing, new_id
 from services.sweeps import cancel_sweep, create_sweep, decode_time_cursor, encode_cursor
-from trainers.spec import Strict
+from trainers.spec import Strict, error_path
 
 log = logging.getLogger("myopia.scheduler")
 SCHEDULER_KEYS = "schedule:"  # the Idempotency-Keys of ticks and run-now sweeps; refused from clients
@@ -147,7 +147,7 @@ def run_now(db: sessionmaker, schedule_id: str, **plan_options: object) -> Sweep
     on as before (a paused schedule can be run now, too)."""
     with db() as s:
         schedule = _live(s, schedule_id)
-    request = SweepRequest.model_validate(schedule.template)
+    request = _template(schedule)
     sweep, _ = create_sweep(
         db, request, idempotency_key=f"{SCHEDULER_KEYS}{schedule.id}:now:{new_id('t')}", **plan_options
     )
@@ -157,6 +157,18 @@ def run_now(db: sessionmaker, schedule_id: str, **plan_options: object) -> Sweep
         with db() as s:
             schedule = _live(s, schedule_id)
     return sweep
+
+
+def _template(schedule: Schedule) -> SweepRequest:
+    """The stored template as a request, or a 422 naming its fields (a template stored by an older version that this
+    one's rules refuse: edit it with PATCH)."""
+    try:
+        return SweepRequest.model_validate(schedule.template)
+    except ValidationError as e:
+        fields = [
+            (f"template.{error_path(err)}", f"{err['msg']} (stored template; PATCH a new one)") for err in e.errors()
+        ]
+        raise InvalidRequest(fields) from None
 
 
 def _live(s: Session, schedule_id: str) -> Schedule:
@@ -225,7 +237,7 @@ def _fire(db: sessionmaker, schedule: Schedule, now: datetime, **plan_options: o
     due = croniter(schedule.cron, now).get_prev(datetime)  # the latest tick at or before now
     if due <= since:
         return None
-    request = SweepRequest.model_validate(schedule.template)
+    request = _template(schedule)
     key = (
         f"{SCHEDULER_KEYS}{schedule.id}:{schedule.revision}:{due.isoformat()}"  # an edited template is another request
     )

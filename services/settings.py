@@ -67,11 +67,11 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies are refused (413)")
     stall_timeout_s: float = Field(
-        1800.0,
+        3600.0,
         ge=0.0,
-        description="a run whose job makes no training step for this long (never placed, or hung) is failed and "
-        "its slot freed; 0: never. Applies where the control plane reads the runs' progress (local or shared "
-        "job storage)",
+        description="a placed run whose rank 0 reports no progress (a step, or the start of a long phase) for this "
+        "long is failed and its slot freed; 0: never. Acts where the control plane reads the runs' progress (local "
+        "or shared job storage); a run still waiting for its workers is queueing, not stalled",
     )
     max_schedules: int = Field(100, ge=1, description="live schedules at most (each can fire a sweep a minute)")
 

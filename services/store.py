@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -28,9 +28,12 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    case,
     create_engine,
     event,
+    exists,
     inspect,
+    select,
     text,
     update,
 )
@@ -174,21 +177,25 @@ class Schedule(Base):
     __mapper_args__ = {"version_id_col": revision}
 
 
-def derive_sweep_status(s: Session, sweep: Sweep | None) -> None:
-    """Derive a queued or running sweep's status from its runs, set only if the sweep is still at the status read
-    (a compare-and-set: a cancel of the sweep since then stands)."""
-    if sweep is None or sweep.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
-        return
-    states = {r.status for r in sweep.runs}
-    new = sweep.status
-    if states <= {RunStatus.SUCCEEDED}:
-        new = RunStatus.SUCCEEDED
-    elif states <= TERMINAL:
-        new = RunStatus.FAILED if RunStatus.FAILED in states else RunStatus.CANCELLED
-    elif states & ACTIVE or RunStatus.SUCCEEDED in states:
-        new = RunStatus.RUNNING
-    if new != sweep.status:
-        s.execute(update(Sweep).where(Sweep.id == sweep.id, Sweep.status == sweep.status).values(status=new))
+def derive_sweep_status(s: Session, sweep_id: str) -> None:
+    """Set a queued or running sweep's status from its runs as they are when this commits: the sweep's row locked
+    first (PostgreSQL: a concurrent cancel or retry of its runs waits, or is waited for), then one statement that
+    reads the runs and writes the status (SQLite runs it under its one writer's lock). Never from runs read earlier."""
+    s.execute(select(Sweep.id).where(Sweep.id == sweep_id).with_for_update())
+
+    def some(*statuses: RunStatus) -> Any:
+        return exists().where(Run.sweep_id == sweep_id, Run.status.in_([str(x) for x in statuses]))
+
+    ended = ~some(RunStatus.QUEUED, *ACTIVE)
+    new = case(
+        (~exists().where(Run.sweep_id == sweep_id, Run.status != str(RunStatus.SUCCEEDED)), str(RunStatus.SUCCEEDED)),
+        (ended & some(RunStatus.FAILED), str(RunStatus.FAILED)),
+        (ended, str(RunStatus.CANCELLED)),
+        (some(RunStatus.SUCCEEDED, *ACTIVE), str(RunStatus.RUNNING)),
+        else_=Sweep.status,
+    )
+    open_ = Sweep.status.in_([str(RunStatus.QUEUED), str(RunStatus.RUNNING)])
+    s.execute(update(Sweep).where(Sweep.id == sweep_id, open_).values(status=new))
 
 
 def changing(db: sessionmaker, change: Callable[[Session], T], attempts: int = 20) -> T:
@@ -304,7 +311,7 @@ def _guard_file(engine: Engine, path: Path) -> Callable[..., None]:
     # connection closes, so with this one open the log exists throughout, and a log that vanishes or changes is
     # someone else's doing (deleted under the server, its connections would go on appending to the unlinked file,
     # and acknowledged writes would be gone at the next start).
-    wal, log = Path(f"{path}-wal"), {}
+    logs, log = (Path(f"{path}-wal"), Path(f"{path}-shm")), {}  # the log and its index
 
     def guard(*_: object) -> None:
         if _identity(path) != identity or header is None:
@@ -317,13 +324,15 @@ def _guard_file(engine: Engine, path: Path) -> Callable[..., None]:
             anchor = sqlite3.connect(path, check_same_thread=False)
             anchor.execute("PRAGMA journal_mode=WAL").fetchall()
             anchor.execute("SELECT count(*) FROM sqlite_master").fetchall()  # opens the log and its index
-            log.update(anchor=anchor, identity=_identity(wal))
-        if _identity(wal) != log["identity"]:
-            if not log.get("saved"):  # the anchor still reads the unlinked log: copy what it holds into the file
-                log["saved"] = log["anchor"].execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+            log.update(anchor=anchor, identity=[_identity(f) for f in logs])
+        if [_identity(f) for f in logs] != log["identity"]:
+            # the anchor still reads the unlinked log: copy what it holds into the file, again at every refusal (a
+            # transaction already under way when the loss was found commits into the old log after this)
+            busy, _, _ = log["anchor"].execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+            saved = "was copied into the database file" if not busy else "is being copied into the database file"
             raise StoreUnavailable(
-                f"the write-ahead log {wal} was deleted or replaced while the control plane ran; what was "
-                "acknowledged was copied into the database file, and nothing more is written: restart the "
+                f"the write-ahead log or its index ({logs[0]}, {logs[1].name}) was deleted or replaced while the "
+                f"control plane ran; what was acknowledged {saved}, and nothing more is written: restart the "
                 "control plane to take writes again"
             )
 

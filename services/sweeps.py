@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import DateTime, and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import DateTime, and_, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -34,7 +34,10 @@ from trainers.spec import TrackingSpec
 
 def request_hash(request: SweepRequest) -> str:
     """Of the validated request (the preset filled in): the same sweep asked twice hashes the same."""
-    body = json.dumps(request.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":"))
+    doc = request.model_dump(mode="json", exclude_none=True)
+    if not doc.get("unpaired"):  # (added later, default off: a request hashes as it did before the field existed)
+        doc.pop("unpaired", None)
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -212,7 +215,9 @@ def cancel_sweep(db: sessionmaker, sweep_id: str) -> Sweep:
         # the version bump makes a change the reconciler decided before this cancel fail (it never overwrites it)
         cancelled = {"status": RunStatus.CANCELLED, "version": Run.version + 1}
         s.execute(update(Run).where(open_runs).values(**cancelled).execution_options(synchronize_session=False))
-        sweep.status = RunStatus.CANCELLED
+        # a compare-and-set: a sweep that ended before this (its runs all succeeded, say) keeps its status
+        open_ = Sweep.status.in_([str(RunStatus.QUEUED), str(RunStatus.RUNNING)])
+        s.execute(update(Sweep).where(Sweep.id == sweep.id, open_).values(status=RunStatus.CANCELLED))
     return get_sweep(db, sweep_id)
 
 
@@ -225,7 +230,7 @@ def cancel_run(db: sessionmaker, run_id: str) -> Run:
         if run.status not in TERMINAL:
             run.set_status(RunStatus.CANCELLED, "run cancelled")
             s.flush()
-            derive_sweep_status(s, run.sweep)  # its last open run: the sweep ends now, not at a tick that never comes
+            derive_sweep_status(s, run.sweep_id)  # its last open run: the sweep ends now, not at a later tick
 
     changing(db, cancel)
     return get_run(db, run_id)
@@ -258,8 +263,11 @@ def _retry(s: Session, run_id: str) -> None:
                 _requeue(local, f"its vanilla partner {run.id} is retried")
     # the sweep runs again, decided on the row as it is when this commits (a cancel of the sweep that lands
     # between this read and this write still ends with the retried run's sweep running, never cancelled over it)
+    # (an UPDATE of the row whatever its status: it takes the row's lock, so a concurrent derivation of the sweep's
+    # status waits for this retry or is waited for, and never ends the sweep over the queued run)
     ended = Sweep.status.in_([str(t) for t in TERMINAL])
-    s.execute(update(Sweep).where(Sweep.id == run.sweep_id, ended).values(status=RunStatus.RUNNING))
+    running = case((ended, str(RunStatus.RUNNING)), else_=Sweep.status)
+    s.execute(update(Sweep).where(Sweep.id == run.sweep_id).values(status=running))
 
 
 @dataclass
@@ -294,7 +302,12 @@ def delete_sweep(db: sessionmaker, sweep_id: str) -> Deleted:
         gone.mlflow_runs += [x.mlflow_run_id for x in (sweep, *sweep.pairs) if x.mlflow_run_id]
         run_ids = [r.id for r in sweep.runs]
         s.execute(delete(RunEvent).where(RunEvent.run_id.in_(run_ids)))
-        s.execute(delete(Run).where(Run.sweep_id == sweep_id))
+        # only runs still ended and jobless (a compare-and-set: SQLite read them outside this write): a retry or
+        # claim that landed since keeps the sweep, and this delete is a Conflict
+        ended = Run.status.in_([str(t) for t in TERMINAL]) & ~Run.job_live
+        gone_runs = s.execute(delete(Run).where(Run.sweep_id == sweep_id, ended)).rowcount
+        if gone_runs != len(run_ids):
+            raise Conflict(f"sweep {sweep_id} has a run that was retried while it was being deleted: try again")
         s.execute(delete(Pair).where(Pair.sweep_id == sweep_id))
         s.execute(update(Sweep).where(Sweep.previous_sweep_id == sweep_id).values(previous_sweep_id=None))
         s.execute(update(Schedule).where(Schedule.last_sweep_id == sweep_id).values(last_sweep_id=None))

@@ -12,8 +12,8 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict:
-    """The process answers."""
+async def healthz() -> dict:
+    """The process answers (on the event loop itself: no worker thread, so a busy thread pool does not delay it)."""
     return {"status": "ok"}
 
 

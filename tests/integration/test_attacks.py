@@ -102,6 +102,12 @@ def test_ambiguous_credentials_nul_bytes_and_offsets_are_refused(server):
     for path in ("/v1/sweeps/sw-1%00x", "/v1/sweeps?cursor=a%00b", "/v1/runs/r%00/logs"):
         r = httpx.get(f"{server.url}{path}", headers=AUTH)
         assert r.status_code == 400 and "NUL" in r.text, (path, r.text)
+    for body in (
+        {**REQUEST, "name": "a\x00b"},
+        {**REQUEST, "run": {"data": {"kind": "text", "corpus": "/tmp/a\x00b"}}},
+    ):
+        r = post(server, "/v1/sweeps", body)
+        assert r.status_code == 400 and "NUL" in r.text, r.text
     sweep = post(server, "/v1/sweeps", REQUEST).json()
     run = sweep["runs"][0]["id"]
     r = httpx.get(f"{server.url}/v1/runs/{run}/logs", params={"offset": 2**62}, headers=AUTH)

@@ -5,7 +5,10 @@ server of a local Ray head."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -144,22 +147,40 @@ def test_concurrent_deletes_of_a_schedule_give_one_success(database_url):
     assert answers == Counter({"deleted": 1, "not found": 19}), answers
 
 
-def test_a_run_that_makes_no_progress_is_failed_and_frees_its_slot(head, tmp_path):
-    """2 workers × 2 CPUs on a head of 2 CPUs are never placed (the API refuses such a request at submission; the
-    service call here does not ask the cluster): the run fails with the reason, its job is stopped, and the next
-    sweep's run takes the slot."""
+def test_a_placed_run_that_makes_no_progress_is_failed_and_frees_its_slot(head, tmp_path):
+    """A run waiting for workers the head has not free (2 × 2 CPUs on 2) is queueing, not stalled: it is left alone.
+    A placed run whose rank 0 is frozen (SIGSTOP) past the timeout is failed with the reason, its job stopped, and
+    the next sweep's run takes the slot."""
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
     one = {**LONG, "arms": ["vanilla"], "unpaired": True}
-    stuck, _ = create_sweep(db, SweepRequest.model_validate(
+    waiting, _ = create_sweep(db, SweepRequest.model_validate(
         {**one, "run": {**one["run"], "resources": {"workers": 2, "cpus_per_worker": 2}}}))  # fmt: skip
-    later, _ = create_sweep(db, SweepRequest.model_validate(one))
     env = {"MYOPIA_DATA_DIR": str(head["root"])}
-    rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, max_attempts=1, job_env=env, stall_timeout_s=8)
-    until(lambda: get_sweep(db, stuck.id).status == "failed", tick=rec.tick, timeout=120)
-    run = get_sweep(db, stuck.id).runs[0]
-    assert "no training step for" in run.error and "placed" in run.error, run.error
-    until(lambda: head["jobs"].status(run.submission_id).value in ("STOPPED", "FAILED"), timeout=60)
-    until(lambda: get_sweep(db, later.id).runs[0].status in ("submitted", "running"), tick=rec.tick, timeout=60)
+    rec = Reconciler(db, head["jobs"], head["root"], max_concurrent=1, max_attempts=1, job_env=env, stall_timeout_s=6)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        rec.tick()
+        time.sleep(0.5)
+    assert get_sweep(db, waiting.id).runs[0].status in ("submitted", "running")  # still waiting, not failed
+    cancel_sweep(db, waiting.id)
+    settle(rec, db, waiting.id)
+
+    hung, _ = create_sweep(db, SweepRequest.model_validate(one))
+    later, _ = create_sweep(db, SweepRequest.model_validate(one))
+    run_id = hung.runs[0].id
+    until(lambda: (get_run(db, run_id).progress or {}).get("step", 0) >= 1, tick=rec.tick, timeout=300)
+    pid = get_run(db, run_id).progress["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        until(lambda: get_sweep(db, hung.id).status == "failed", tick=rec.tick, timeout=120)
+        run = get_run(db, run_id)
+        assert "no progress for" in run.error and "training" in run.error, run.error
+        job_ended = ("STOPPED", "FAILED")
+        until(lambda: head["jobs"].status(run.submission_id).value in job_ended, tick=rec.tick, timeout=180)
+        until(lambda: get_sweep(db, later.id).runs[0].status in ("submitted", "running"), tick=rec.tick, timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
     cancel_sweep(db, later.id)
     settle(rec, db, later.id)
 
@@ -197,3 +218,51 @@ def test_a_request_the_cluster_can_never_place_is_refused(head, tmp_path):
         assert httpx.get(f"{srv.url}/v1/sweeps", timeout=30).json()["items"] == []  # nothing stored
     finally:
         srv.stop()
+
+
+def race(*calls) -> list:
+    """The calls at once, each in its thread; what each returned or raised."""
+    barrier = threading.Barrier(len(calls))
+
+    def go(call):
+        barrier.wait()
+        try:
+            return call()
+        except (Conflict, NotFound) as e:
+            return e
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(go, calls))
+
+
+def test_a_retry_racing_a_delete_or_the_status_derivation_is_never_lost(database_url):
+    """Many times over: a retry of a cancelled run against the deletion of its sweep (never both succeed), and
+    against the derivation of its sweep's status (never a sweep ended over a queued run)."""
+    from services.store import derive_sweep_status
+    from services.sweeps import delete_sweep
+
+    db = connect(database_url)
+    one = SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"], "unpaired": True})
+    both = Counter()
+    for _ in range(15):
+        sweep, _ = create_sweep(db, one)
+        run_id = sweep.runs[0].id
+        cancel_run(db, run_id)
+        retried, deleted = race(lambda: retry_run(db, run_id), lambda: delete_sweep(db, sweep.id))  # noqa: B023
+        ok = (not isinstance(retried, Exception), not isinstance(deleted, Exception))
+        both[ok] += 1
+        assert ok != (True, True), "a retry answered 200 on a sweep that was deleted"
+        if ok[0]:
+            assert get_run(db, run_id).status == "queued"
+
+        sweep, _ = create_sweep(db, one)
+        run_id = sweep.runs[0].id
+        cancel_run(db, run_id)
+
+        def derive(sweep_id=sweep.id):
+            with db.begin() as s:
+                derive_sweep_status(s, sweep_id)
+
+        race(lambda: retry_run(db, run_id), derive)  # noqa: B023
+        assert (get_run(db, run_id).status, get_sweep(db, sweep.id).status) == ("queued", "running")
+    assert sum(both.values()) == 15
