@@ -150,6 +150,16 @@ def text_calibration() -> list[str]:
     return lines
 
 
+def dp_calibration() -> list[str]:
+    """docs/results.md: the search for a CPU-sized D_p configuration (bench/dp_calibration.py --grid --json)."""
+    return [
+        f"| {r['d']} | {r['b']:g} | {r['lags']} | {r['arm']} | {r['steps']:,} | {r['huber_over_p']:.3f} | "
+        f"{r['past_window_over_predict_zero']:.3f} | {r['layer1_lag0_r2']:.3f} ({r['layer1_lag0_r2_control']:.3f}) | "
+        f"{r['seconds']} |"
+        for r in load("dp_calibration.json")["rows"]
+    ]
+
+
 def multiplication() -> list[str]:
     """docs/results.md: multiplication with and without filler positions (bench/filler_report.py)."""
     import filler_report
@@ -199,7 +209,14 @@ RENDERERS = {
     "docs/reliability.md": attack,
     "docs/science.md": lambda: dp_baseline() + interval_coverage(),
     "docs/results.md": lambda: (
-        synthetic_cpu() + cpu_ladder() + demo() + text_calibration() + local_bonus() + multiplication() + context()
+        synthetic_cpu()
+        + dp_calibration()
+        + cpu_ladder()
+        + demo()
+        + text_calibration()
+        + local_bonus()
+        + multiplication()
+        + context()
     ),
 }
 

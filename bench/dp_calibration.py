@@ -3,7 +3,8 @@
 then its held-out Huber/p over all positions and past the window, divided by the predict-zero level of the same
 positions, and the layer-1 probe of sin(b·x_n) next to the untrained model's.
 
-    python bench/dp_calibration.py --d 64 --b 3 --arm hidden --steps 4000
+    python bench/dp_calibration.py --d 64 --b 3 --arm hidden --steps 4000     # one line, printed
+    python bench/dp_calibration.py --grid --json docs/figures/dp_calibration.json  # the documented search, ~40 min
 """
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import platform
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,21 @@ from trainers import evaluate
 from trainers.models import pythia_config
 from trainers.myopic import set_attention
 from trainers.synthetic import RegressionGPTNeoX, SyntheticTask
+
+# The search as docs/results.md reports it, in the order it was run: (d, b, window, arm, steps).
+GRID = [
+    (64, 20, 10, "vanilla", 3000),
+    (64, 20, 10, "hidden", 3000),
+    (32, 10, 10, "vanilla", 8000),
+    (32, 10, 4, "vanilla", 4000),
+    (32, 6, 10, "vanilla", 4000),
+    (32, 3, 10, "vanilla", 4000),
+    (32, 3, 10, "hidden", 4000),
+    (128, 3, 10, "vanilla", 4000),
+    (128, 3, 10, "hidden", 4000),
+    (64, 3, 10, "vanilla", 4000),
+    (64, 3, 10, "hidden", 4000),
+]
 
 
 def main() -> None:
@@ -33,8 +54,27 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--grid", action="store_true", help="run the documented search (GRID) instead of one line")
+    ap.add_argument("--json", type=Path, help="write every line, with the command and machine, to this file")
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
+    lines = []
+    for d, b, lags, arm, steps in GRID if a.grid else [(a.d, a.b, a.lags, a.arm, a.steps)]:
+        line = run(argparse.Namespace(**{**vars(a), "d": d, "b": b, "lags": lags, "arm": arm, "steps": steps}))
+        print(json.dumps(line), flush=True)
+        lines.append(line)
+    if a.json:
+        a.json.write_text(json.dumps({
+            "command": shlex.join(["python", "bench/dp_calibration.py", *sys.argv[1:]]),
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d"),
+            "rows": lines,
+        }, indent=1) + "\n")  # fmt: skip
+
+
+def run(a: argparse.Namespace) -> dict:
+    """One arm of one configuration, trained and evaluated; its line of the table."""
     torch.manual_seed(a.seed)
     config = pythia_config(
         "14m", vocab_size=1, num_hidden_layers=2, hidden_size=a.d, num_attention_heads=2, hidden_act="relu"
@@ -73,19 +113,15 @@ def main() -> None:
     with torch.no_grad():
         r2 = evaluate.probe_r2(model, inputs[:1024], a.b, lags=[0])[1, 0]
         r2_control = evaluate.probe_r2(control, inputs[:1024], a.b, lags=[0])[1, 0]
-    print(
-        json.dumps(
-            {
-                **vars(a),
-                "seconds": round(time.time() - began),
-                "huber_over_p": huber.mean().item(),
-                "past_window": huber[a.lags :].mean().item(),
-                "past_window_over_predict_zero": (huber[a.lags :].mean() / zero[a.lags :].mean()).item(),
-                "layer1_lag0_r2": r2,
-                "layer1_lag0_r2_control": r2_control,
-            }
-        )
-    )
+    return {
+        **{k: v for k, v in vars(a).items() if k not in ("grid", "json")},
+        "seconds": round(time.time() - began),
+        "huber_over_p": huber.mean().item(),
+        "past_window": huber[a.lags :].mean().item(),
+        "past_window_over_predict_zero": (huber[a.lags :].mean() / zero[a.lags :].mean()).item(),
+        "layer1_lag0_r2": r2,
+        "layer1_lag0_r2_control": r2_control,
+    }
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ records (`result["marks"]`: the job's and the workers' own clocks; one machine, 
 
     python bench/run_overhead.py            # both; prints tables
     python bench/run_overhead.py --repeats 3
+    python bench/run_overhead.py --repeats 2 --label after --json docs/figures/run_overhead.json
+    # another tree, measured by this script (its checkout as the working directory and on the path):
+    cd /tmp/tree && PYTHONPATH=. python /path/to/bench/run_overhead.py --label before --json ...
 
 Not a test: the figures go into docs/performance.md with the machine they were measured on.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -66,7 +71,7 @@ def print_table(title: str, samples: list[list[tuple[str, float]]], extra: list[
         print(f"| {what} | {cells} | {statistics.median(present):.2f} |")
 
 
-def cli_run(repeats: int) -> None:
+def cli_run(repeats: int) -> dict:
     """`myopia train --preset text-cpu --steps 2` as a user types it (its own local Ray each time)."""
     samples, walls = [], []
     for i in range(repeats + 1):  # the first builds what is built once per machine (DeepSpeed's op): not counted
@@ -99,17 +104,20 @@ def cli_run(repeats: int) -> None:
             marks = {"process_start": began, **json.loads(out.read_text())["marks"]}
             samples.append(phase_rows(marks) + [("after the run: Ray down, exit", began + wall - marks["fit_end"])])
     print_table("`myopia train --preset text-cpu --steps 2`", samples, [("wall", walls)])
+    return {"samples": samples, "wall": walls}
 
 
-def control_plane_runs(repeats: int) -> None:
+def control_plane_runs(repeats: int) -> dict:
     """Runs of TINY_RUN submitted over REST to a control plane whose Ray head is already up."""
     data = Path(os.environ.get("MYOPIA_DATA_DIR", Path.home() / ".myopia")).expanduser()
     with tempfile.TemporaryDirectory() as tmp:
         env = {"MYOPIA_DATABASE_URL": f"sqlite:///{tmp}/bench.db", "MYOPIA_DATA_DIR": str(data)}
         with control_plane(free_port(), env, Path(tmp) / "serve.log") as api:
             samples, first, stored = [], [], []
+            schema = api.call("GET", "/openapi.json").json()["components"]["schemas"]["SweepRequest"]
+            one_arm = {"unpaired": True} if "unpaired" in schema["properties"] else {}  # (older trees: no pairs needed)
             for i in range(repeats + 1):  # the first run warms the head's worker pool; not counted
-                body = {"name": f"overhead-{i}", "sizes": ["14m"], "seeds": [i], "arms": ["vanilla"], "unpaired": True,
+                body = {"name": f"overhead-{i}", "sizes": ["14m"], "seeds": [i], "arms": ["vanilla"], **one_arm,
                         "run": TINY_RUN}  # fmt: skip
                 submitted = time.time()
                 sweep = api.call("POST", "/v1/sweeps", json=body).json()
@@ -134,6 +142,7 @@ def control_plane_runs(repeats: int) -> None:
         samples,
         [("submit → first step", first), ("last step → result stored", stored)],
     )
+    return {"samples": samples, "first": first, "stored": stored}
 
 
 def _until_final(api: Api, run_id: str, timeout: float = 600) -> dict:
@@ -150,12 +159,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=["cli", "control-plane"])
+    ap.add_argument("--label", default="this tree", help="the tree measured (its key in the --json file)")
+    ap.add_argument("--json", type=Path, help="add this tree's samples to this file (other trees' are kept)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    measured = {}
     if args.only != "control-plane":
-        cli_run(args.repeats)
+        measured["cli"] = cli_run(args.repeats)
     if args.only != "cli":
-        control_plane_runs(args.repeats)
+        measured["control_plane"] = control_plane_runs(args.repeats)
+    if args.json:
+        doc = json.loads(args.json.read_text()) if args.json.exists() else {"trees": {}}
+        tree = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        doc["trees"][args.label] = {
+            "commit": tree,
+            "command": shlex.join(["python", "bench/run_overhead.py", *sys.argv[1:]]),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            **measured,
+        }
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":
