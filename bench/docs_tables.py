@@ -33,6 +33,29 @@ def bench_cpu() -> list[str]:
     return lines
 
 
+def run_overhead() -> list[str]:
+    """docs/performance.md: a run's fixed cost by phase, before (702fad2) and after, median (range) over the repeats
+    (bench/run_overhead.py --json, run in each tree)."""
+    import statistics
+
+    trees = load("run_overhead.json")["trees"]
+    totals = {"wall": "wall", "first": "submit → first step", "stored": "last step → result stored"}
+
+    def cell(values: list[float], bold: bool = False) -> str:
+        text = f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})" if values else "-"
+        return f"**{text}**" if bold else text
+
+    lines = []
+    for path, extras in (("cli", ["wall"]), ("control_plane", ["first", "stored"])):
+        runs = [trees["before"][path], trees["after"][path]]
+        order = list(dict.fromkeys(what for t in runs for sample in t["samples"] for what, _ in sample))
+        for what in order:
+            values = [[v for sample in t["samples"] for w, v in sample if w == what] for t in runs]
+            lines.append(f"| {what} | {cell(values[0])} | {cell(values[1])} |")
+        lines += [f"| **{totals[k]}** | {cell(runs[0][k], True)} | {cell(runs[1][k], True)} |" for k in extras]
+    return lines
+
+
 def dp_baseline() -> list[str]:
     """docs/science.md: the trivial myopic baseline's levels, and predicting zero's, at several p."""
     rows = {r["p"]: r for r in load("dp_baseline.json")["rows"]}
@@ -205,7 +228,7 @@ def attack() -> list[str]:
 
 
 RENDERERS = {
-    "docs/performance.md": bench_cpu,
+    "docs/performance.md": lambda: bench_cpu() + run_overhead(),
     "docs/reliability.md": attack,
     "docs/science.md": lambda: dp_baseline() + interval_coverage(),
     "docs/results.md": lambda: (

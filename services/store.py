@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -280,11 +283,49 @@ def check(db: sessionmaker) -> None:
     info = db.kw.get("info", {})
     if guard := info.get("guard"):
         guard()
+        return _probe_sqlite(Path(engine.url.database))
     probe = create_engine(engine.url, poolclass=NullPool, connect_args=info.get("connect_args", {}))
     try:
         _probe(probe)
     finally:
         probe.dispose()
+
+
+# The SQLite probe runs in a child process: a crash inside SQLite's memory-mapped index (the Bus error seen after the
+# store's files were made immutable and writable again) ends the child, not the control plane, and is reported;
+# and no descriptor of the database file is opened and closed in this process (closing one drops every POSIX lock
+# the process holds on the file, its pooled connections' included).
+SQLITE_PROBE = """
+import sqlite3, sys
+path, head, at = sys.argv[1:4]
+connection = sqlite3.connect(path, timeout=30)
+version = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+if not version or version[0] != head:
+    print(version[0] if version else None)
+    sys.exit(3)
+with connection:
+    if not connection.execute("UPDATE heartbeat SET at = ? WHERE id = 1", (at,)).rowcount:
+        connection.execute("INSERT INTO heartbeat (id, at) VALUES (1, ?)", (at,))
+connection.close()
+"""
+
+
+def _probe_sqlite(path: Path) -> None:
+    at = now().strftime("%Y-%m-%d %H:%M:%S.%f")  # as SQLAlchemy stores a DateTime in SQLite
+    try:
+        child = subprocess.run([sys.executable, "-I", "-c", SQLITE_PROBE, str(path), head_revision(), at],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise StoreUnavailable(f"the database {path} did not answer the probe in 60 s (locked?)") from None
+    if child.returncode == 3:
+        raise StoreUnavailable(
+            f"the schema is at {child.stdout.strip()}, this control plane needs {head_revision()}: run `myopia db "
+            "upgrade` with this version (or run the control plane of the store's version)"
+        )
+    if child.returncode < 0:
+        raise StoreUnavailable(f"the probe of {path} was killed by {signal.Signals(-child.returncode).name}")
+    if child.returncode:
+        raise StoreUnavailable((child.stderr.strip().splitlines() or ["(no message)"])[-1][:300])
 
 
 def _probe(engine: Engine) -> None:

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -169,3 +170,21 @@ def test_links_out_of_a_corpus_and_the_stores_own_file_are_refused_at_submission
     (book / "passwd").unlink()
     body = {**REQUEST, "run": {**REQUEST["run"], "data": {"kind": "text", "corpus": str(book)}}}
     assert post(server, "/v1/sweeps", body).status_code == 201
+
+
+def test_the_probe_survives_the_store_made_immutable_and_writable_again(server, tmp_path):
+    """The repro of the Bus error: the store's files made immutable and writable again, four times, with /readyz and
+    writes hammered meanwhile. The probe runs in a child process, so whatever SQLite does under it, the server
+    answers; acknowledged sweeps are all there at the end."""
+    from tests.integration.test_hostile_clients import read_only
+
+    db_file = Path(server.settings.database.removeprefix("sqlite:///"))
+    made = []
+    for _ in range(4):
+        made.append(post(server, "/v1/sweeps", REQUEST).json()["id"])
+        with read_only(db_file):
+            for _ in range(5):
+                assert httpx.get(f"{server.url}/readyz", timeout=60).status_code == 503
+                assert post(server, "/v1/sweeps", REQUEST).status_code == 503
+        assert httpx.get(f"{server.url}/readyz", timeout=60).status_code == 200
+    assert all(httpx.get(f"{server.url}/v1/sweeps/{i}", headers=AUTH).status_code == 200 for i in made)
