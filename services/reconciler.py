@@ -70,12 +70,14 @@ class Reconciler:
         self.db, self.jobs, self.max_concurrent, self.max_attempts = db, jobs, max_concurrent, max_attempts
         self.work_dir, self.backoff_s, self.stall_timeout_s = work_dir, backoff_s, stall_timeout_s
         self.started = now()
+        self._unclaimed: dict[str, str | None] = {}  # run id -> its submission id before this tick's claim
         self.job_env = job_env or {}
         self.cluster_error: str | None = None  # why the last tick could not reach the job server
         self.tracking_error: str | None = None  # why the last submission could not open its MLflow runs
 
     # ------------------------------------------------------------------------------------------------ ticking
     def tick(self) -> None:
+        self._unclaimed.clear()  # (a claim is given back, if at all, in the tick that made it)
         self.cluster_error = self.jobs.unreachable()
         if self.cluster_error:
             return
@@ -121,9 +123,13 @@ class Reconciler:
         except StaleDataError:  # a cancel (or retry) changed the run since this step read it: the change stands
             log.info("run %s changed during the tick; the next tick acts on what it is now", run_id)
             return set()
-        except TrackingUnavailable as e:  # not the run's failure: it stays queued until MLflow answers
+        except TrackingUnavailable as e:  # not the run's failure: it stays queued, with no job, until MLflow answers
             self.tracking_error = str(e)
             log.warning("run %s waits: %s", run_id, e)
+            with self.db.begin() as s:  # give the claim back (nothing was submitted)
+                run = s.get(Run, run_id)
+                if run is not None and run.status == RunStatus.QUEUED and run.job_live:
+                    run.job_live, run.submission_id = False, self._unclaimed.pop(run_id, None)
             return set()
         except Exception as e:  # noqa: BLE001 - isolate the run: whatever it raised, the others go on
             log.exception("run %s", run_id)
@@ -152,6 +158,7 @@ class Reconciler:
         """Mark the attempt's job as possibly live before it is submitted, in a compare-and-set of its own: a
         cancel that lands from here on leaves the mark, so the next poll stops whatever job exists."""
         if run.status == RunStatus.QUEUED and not run.job_live:  # (as listed: not cancelled since)
+            self._unclaimed[run.id] = run.submission_id  # what a claim that submits nothing gives back
             run.job_live, run.submission_id = True, submission_id(run.id, run.attempt)
 
     def _submit(self, s: Session, run: Run) -> None:
