@@ -227,7 +227,32 @@ def attack() -> list[str]:
     return lines
 
 
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def demo_time() -> list[str]:
+    """docs/results.md: `make demo`'s wall-clock time (bench/wallclock.py)."""
+    return [f"**{_duration(load('wallclock.json')['demo']['seconds'])} to the printed tables**"]
+
+
+def readme() -> list[str]:
+    """README.md: the set-up commands' wall-clock times (bench/wallclock.py) and the ladder's gap range."""
+    w = load("wallclock.json")
+    gaps = [s["gap_mean"] for s in load("cpu_ladder.json")["results"]["sizes"]]
+    return [
+        f"{_duration(w['demo']['seconds'])} on 2 cores with the install and the data directory in place "
+        f"({w['demo']['date'][:10]})",
+        f"`make install` from a fresh clone took {_duration(w['install']['seconds'])} and left a "
+        f"{w['install']['du_bytes'] / 1e9:.1f} GB `.venv` ({w['install']['date'][:10]}",
+        f"{_duration(w['ci']['seconds'])}; pytest said: {w['ci']['pytest']}",
+        f"a mean myopia gap of {min(gaps):+.3f} to {max(gaps):+.3f} nats",
+    ]
+
+
 RENDERERS = {
+    "README.md": readme,
     "docs/performance.md": lambda: bench_cpu() + run_overhead(),
     "docs/reliability.md": attack,
     "docs/science.md": lambda: dp_baseline() + interval_coverage(),
@@ -238,6 +263,8 @@ RENDERERS = {
         + demo()
         + text_calibration()
         + local_bonus()
+        + local_control()
+        + demo_time()
         + multiplication()
         + context()
     ),

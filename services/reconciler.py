@@ -3,16 +3,18 @@
 A tick polls the runs whose job may be running (submitted, running, or cancelled with a job to stop), then submits
 queued runs into the free slots, then derives the status of the sweeps it touched. A local arm waits in the queue,
 taking no slot, until its vanilla partner has succeeded (it trains on that model's past), and fails if the partner
-fails or is cancelled. Its cost is bounded by the
-concurrency limit, never by the queue or by history. Every run is handled in a transaction of its own: a run
-whose submission or poll fails becomes an event with the cause and is retried after a backoff, and every other
-run goes on. A failed attempt is retried as a new job that resumes from the run's last checkpoint (same run name,
-same storage), up to `max_attempts`, with exponential backoff; a failure that cannot succeed on retry (a spec or
-data error the job reports) fails the run at once. Job ids are `<run id>-a<attempt>`: after a restart, a queued
-run whose job already exists is adopted, never submitted twice. While the Ray job server does not answer, a tick
-does nothing but say so (`cluster_error`); jobs that vanished with a restarted cluster are resubmitted once it is
-back, without counting against the run. Likewise a run whose MLflow parent runs cannot be opened (MLflow down)
-waits in the queue (`tracking_error`), never failing for it.
+fails or is cancelled. Its cost is bounded by the concurrency limit, never by the queue or by history. Every run is
+handled in a transaction of its own: a run whose submission or poll fails becomes an event with the cause and is
+retried after a backoff, and every other run goes on. A failed attempt is retried as a new job that resumes from the
+run's last checkpoint (same run name, same storage), up to `max_attempts`, with exponential backoff; a failure that
+cannot succeed on retry (a spec or data error the job reports) fails the run at once. Job ids are `<run
+id>-a<attempt>`: a queued run is claimed (its attempt's job marked as possibly live) in a transaction of its own
+before its job is submitted, and recorded as submitted only if nobody changed it since; a cancel that lands in
+between wins and the next poll stops the job; after a restart, a claimed run whose job already exists is adopted,
+never submitted twice. While the Ray job server does not answer, a tick does nothing but say so (`cluster_error`);
+jobs that vanished with a restarted cluster are resubmitted once it is back, without counting against the run.
+Likewise a run whose MLflow parent runs cannot be opened (MLflow down) waits in the queue (`tracking_error`), never
+failing for it.
 """
 
 from __future__ import annotations
