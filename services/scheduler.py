@@ -16,7 +16,7 @@ from pathlib import Path
 
 from croniter import CroniterBadDateError, croniter
 from pydantic import Field, ValidationError, field_validator
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cluster.capacity import Capacity
@@ -86,15 +86,18 @@ def add_schedule(
     fewer than `max_schedules` are live (each can fire a sweep a minute: an unbounded number floods the queue)."""
     _check_plans(request.template, profile, allowed_roots, capacity)
     with db.begin() as s:
-        live = s.scalar(select(func.count()).select_from(Schedule).where(Schedule.enabled)) or 0
-        if live >= max_schedules:
-            raise Conflict(f"there are {live} schedules, the most this control plane keeps (MYOPIA_MAX_SCHEDULES): "
-                           "delete one first")  # fmt: skip
+        if s.get_bind().dialect.name == "postgresql":  # concurrent creations count one after another
+            s.execute(text("LOCK TABLE schedules IN SHARE ROW EXCLUSIVE MODE"))
         template = request.template.model_dump(mode="json", exclude_none=True)
         schedule = Schedule(
             id=new_id("sch"), name=request.name, cron=request.cron, template=template, created_at=datetime.now(UTC)
         )
         s.add(schedule)
+        s.flush()  # counted after the insert, under the write lock (SQLite's writer, PostgreSQL's table lock)
+        live = s.scalar(select(func.count()).select_from(Schedule).where(Schedule.enabled)) or 0
+        if live > max_schedules:  # (the exception rolls the insert back)
+            raise Conflict(f"there are {live - 1} schedules, the most this control plane keeps "
+                           "(MYOPIA_MAX_SCHEDULES): delete one first")  # fmt: skip
     return schedule
 
 

@@ -266,3 +266,19 @@ def test_a_retry_racing_a_delete_or_the_status_derivation_is_never_lost(database
         race(lambda: retry_run(db, run_id), derive)  # noqa: B023
         assert (get_run(db, run_id).status, get_sweep(db, sweep.id).status) == ("queued", "running")
     assert sum(both.values()) == 15
+
+
+def test_concurrent_schedule_creations_never_pass_the_cap(database_url):
+    db = connect(database_url)
+    request = ScheduleRequest.model_validate({"name": "n", "cron": "0 3 * * *", "template": SWEEP})
+
+    def add(_: int) -> str:
+        try:
+            add_schedule(db, request, max_schedules=3)
+            return "added"
+        except Conflict:
+            return "refused"
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = Counter(pool.map(add, range(12)))
+    assert answers == Counter({"added": 3, "refused": 9}), answers
