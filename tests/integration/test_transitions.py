@@ -57,6 +57,20 @@ class Racing(Jobs):
         self._race("submitted")
 
 
+def at_once(call, n: int, outcomes: tuple[str, str], refused: type[Exception]) -> Counter:
+    """`call()` from n threads at once: how many succeeded and how many were refused (`outcomes`' names)."""
+
+    def once(_: int) -> str:
+        try:
+            call()
+            return outcomes[0]
+        except refused:
+            return outcomes[1]
+
+    with ThreadPoolExecutor(n) as pool:
+        return Counter(pool.map(once, range(n)))
+
+
 def settle(rec: Reconciler, db, sweep_id: str) -> None:
     """Tick until no run of the sweep has a job that may still run."""
     until(lambda: not any(r.job_live for r in get_sweep(db, sweep_id).runs), tick=rec.tick, timeout=120)
@@ -135,15 +149,7 @@ def test_concurrent_deletes_of_a_schedule_give_one_success(database_url):
     db = connect(database_url)
     schedule = add_schedule(db, ScheduleRequest.model_validate({"name": "n", "cron": "0 3 * * *", "template": SWEEP}))
 
-    def delete(_: int) -> str:
-        try:
-            delete_schedule(db, schedule.id)
-            return "deleted"
-        except NotFound:
-            return "not found"
-
-    with ThreadPoolExecutor(20) as pool:
-        answers = Counter(pool.map(delete, range(20)))
+    answers = at_once(lambda: delete_schedule(db, schedule.id), 20, ("deleted", "not found"), NotFound)
     assert answers == Counter({"deleted": 1, "not found": 19}), answers
 
 
@@ -272,13 +278,5 @@ def test_concurrent_schedule_creations_never_pass_the_cap(database_url):
     db = connect(database_url)
     request = ScheduleRequest.model_validate({"name": "n", "cron": "0 3 * * *", "template": SWEEP})
 
-    def add(_: int) -> str:
-        try:
-            add_schedule(db, request, max_schedules=3)
-            return "added"
-        except Conflict:
-            return "refused"
-
-    with ThreadPoolExecutor(12) as pool:
-        answers = Counter(pool.map(add, range(12)))
+    answers = at_once(lambda: add_schedule(db, request, max_schedules=3), 12, ("added", "refused"), Conflict)
     assert answers == Counter({"added": 3, "refused": 9}), answers
