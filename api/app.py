@@ -7,13 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from api import errors
+from api import body, errors
 from api.guard import RequestGuard
 from api.routes import health, metrics, runs, schedules, sweeps
 from api.schemas import ErrorOut
 from cluster.jobs import Jobs
 from cluster.local import EmbeddedHead
 from services.background import control_plane
+from services.planner import SweepRequest
+from services.scheduler import ScheduleEdit, ScheduleRequest
 from services.settings import Settings
 from services.store import connect
 
@@ -53,4 +55,5 @@ def create_app(settings: Settings | None = None, jobs: Jobs | None = None, head:
     app.include_router(v1)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    body.register(app, (SweepRequest, ScheduleRequest, ScheduleEdit))
     return app

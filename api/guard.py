@@ -10,6 +10,8 @@ from typing import Any
 
 import anyio
 
+from api.body import NOT_JSON
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
@@ -45,8 +47,11 @@ class RequestGuard:
             more = message.get("more_body", False)
             if len(body) > self.max_body:
                 return await _answer(send, 413, "too_large", f"request bodies are limited to {self.max_body:,} bytes")
-        if body and (refused := await anyio.to_thread.run_sync(_refused_shape, bytes(body))):
-            return await _answer(send, *refused)
+        if body:  # parsed once, here, off the event loop; validated by the route's dependency (api/body.py)
+            refused, scope["state"]["json"] = await anyio.to_thread.run_sync(_parsed, bytes(body))
+            if refused:
+                return await _answer(send, *refused)
+        scope["state"]["body"] = bytes(body)
         replayed = False
 
         async def replay() -> Message:
@@ -70,14 +75,20 @@ class RequestGuard:
 MAX_JSON_VALUES = 10_000  # a sweep request has about a hundred; each value costs validation and error reporting
 
 
-def _refused_shape(body: bytes) -> tuple[int, str, str] | None:
-    """(status, kind, why) for a JSON body refused by its shape: more values than any request has (413), or a NUL
-    character in a string (400: no path, name or database takes one); None otherwise (also for a body that is not
-    JSON: the route's own parser names that). Run off the event loop: a 1-MB body takes milliseconds."""
+def _parsed(body: bytes) -> tuple[tuple[int, str, str] | None, Any]:
+    """The body's JSON (NOT_JSON where it is not JSON: the route names that), and (status, kind, why) where it is
+    refused by its shape, else None. Run off the event loop: a 1-MB body takes milliseconds."""
     try:
-        stack = [json.loads(body)]
+        parsed = json.loads(body)
     except (ValueError, RecursionError):
-        return None
+        return None, NOT_JSON
+    return _refused_shape(parsed), parsed
+
+
+def _refused_shape(parsed: Any) -> tuple[int, str, str] | None:
+    """More values than any request has (413), or a NUL character in a string (400: no path, name or database
+    takes one)."""
+    stack = [parsed]
     seen = 0
     while stack:
         value = stack.pop()

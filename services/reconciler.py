@@ -13,8 +13,9 @@ before its job is submitted, and recorded as submitted only if nobody changed it
 between wins and the next poll stops the job; after a restart, a claimed run whose job already exists is adopted,
 never submitted twice. While the Ray job server does not answer, a tick does nothing but say so (`cluster_error`);
 jobs that vanished with a restarted cluster are resubmitted once it is back, without counting against the run.
-Likewise a run whose MLflow parent runs cannot be opened (MLflow down) waits in the queue (`tracking_error`), never
-failing for it.
+The sweep's and pairs' MLflow runs are opened and their ids stored in a transaction of their own, before the job is
+submitted (a submission lost to a cancel leaves them stored, for the reporter to end); a run whose MLflow runs cannot
+be opened (MLflow down) waits in the queue (`tracking_error`), never failing for it.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class Reconciler:
                 )
             )
         for run_id in queued:
-            if self._each(run_id, self._claim):
+            if self._each(run_id, self._claim) and self._each(run_id, self._open_tracking):
                 touched |= self._each(run_id, self._submit)
         for sweep_id in touched:
             with self.db.begin() as s:
@@ -163,6 +164,18 @@ class Reconciler:
             self._unclaimed[run.id] = run.submission_id  # what a claim that submits nothing gives back
             run.job_live, run.submission_id = True, submission_id(run.id, run.attempt)
 
+    def _open_tracking(self, s: Session, run: Run) -> None:
+        """Open the sweep's and its pairs' MLflow runs and store their ids, in a transaction of their own: a
+        submission that then loses to a cancel leaves them stored, and the reporter ends them with the sweep (in
+        the submission's transaction they were rolled back and stayed RUNNING in MLflow, unknown to the store)."""
+        if run.status != RunStatus.QUEUED or not run.job_live:
+            return
+        try:
+            sweep_tracking.open_runs(run.sweep)
+        except Exception as e:  # noqa: BLE001 - whatever MLflow raised, the run is not at fault
+            raise TrackingUnavailable(f"MLflow: {type(e).__name__}: {str(e)[:300]}") from e
+        self.tracking_error = None
+
     def _submit(self, s: Session, run: Run) -> None:
         """Submit the claimed attempt's job and record it, only if the run is as claimed: recording compares the
         run's version, so a cancel that came after this read wins and the run is never recorded as submitted."""
@@ -170,12 +183,7 @@ class Reconciler:
             return  # cancelled since the claim: the poll stops the job if one exists
         sid = run.submission_id
         if self.jobs.status(sid) is None:  # else: submitted before a crash of the control plane; adopt it
-            try:
-                sweep_tracking.open_runs(run.sweep)  # the arm runs log under their pair's MLflow run
-            except Exception as e:  # noqa: BLE001 - whatever MLflow raised, the run is not at fault
-                raise TrackingUnavailable(f"MLflow: {type(e).__name__}: {str(e)[:300]}") from e
-            self.tracking_error = None
-            if run.pair.mlflow_run_id:
+            if run.pair.mlflow_run_id:  # the arm runs log under their pair's MLflow run
                 run.spec = {**run.spec, "tracking": {**run.spec["tracking"], "parent_run_id": run.pair.mlflow_run_id}}
             self._progress_file(run).unlink(missing_ok=True)  # a previous attempt's
             self.jobs.submit(sid, run.spec, self.job_env)

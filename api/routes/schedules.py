@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
+from api.body import body_schema, json_body
 from api.deps import BackgroundDep, CapacityDep, Db, SettingsDep
 from api.schemas import ErrorOut, ScheduleOut, SchedulePage, SweepOut
 from services import scheduler
@@ -14,9 +15,13 @@ router = APIRouter(prefix="/schedules", tags=["schedules"], responses={404: {"mo
 
 
 @router.post(
-    "", status_code=201, response_model=ScheduleOut, responses={409: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+    "",
+    status_code=201,
+    response_model=ScheduleOut,
+    responses={409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    openapi_extra=body_schema(scheduler.ScheduleRequest),
 )
-def add_schedule(body: scheduler.ScheduleRequest, db: Db, settings: SettingsDep, capacity: CapacityDep):
+def add_schedule(body: json_body(scheduler.ScheduleRequest), db: Db, settings: SettingsDep, capacity: CapacityDep):
     """The cron must fire (its next and previous ticks exist) and the template must plan, or nothing is stored;
     beyond `MYOPIA_MAX_SCHEDULES` live schedules, a 409."""
     made = scheduler.add_schedule(
@@ -40,9 +45,18 @@ def list_schedules(
 ScheduleId = Annotated[str, Path(max_length=80)]
 
 
-@router.patch("/{schedule_id}", response_model=ScheduleOut, responses={422: {"model": ErrorOut}})
+@router.patch(
+    "/{schedule_id}",
+    response_model=ScheduleOut,
+    responses={422: {"model": ErrorOut}},
+    openapi_extra=body_schema(scheduler.ScheduleEdit),
+)
 def edit_schedule(
-    schedule_id: ScheduleId, body: scheduler.ScheduleEdit, db: Db, settings: SettingsDep, capacity: CapacityDep
+    schedule_id: ScheduleId,
+    body: json_body(scheduler.ScheduleEdit),
+    db: Db,
+    settings: SettingsDep,
+    capacity: CapacityDep,
 ):
     """Change its name, cron or template, or pause (`"paused": true`) and resume it. A new cron or a resumed
     schedule fires from its next tick; missed ticks are skipped. A template that does not plan changes nothing."""

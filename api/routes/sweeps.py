@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import JSONResponse, Response
 
+from api.body import body_schema, json_body
 from api.deps import BackgroundDep, CapacityDep, Db, SettingsDep
 from api.schemas import ErrorOut, RunOut, RunPage, SweepOut, SweepPage, SweepSummary
 from services import results, retention, sweeps
@@ -25,9 +26,10 @@ Cursor = Annotated[str | None, Query(max_length=500, description="next_cursor of
     status_code=201,
     response_model=SweepOut,
     responses={200: {"model": SweepOut}, 409: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    openapi_extra=body_schema(SweepRequest),
 )
 def create_sweep(
-    body: SweepRequest,
+    body: json_body(SweepRequest),
     db: Db,
     settings: SettingsDep,
     background: BackgroundDep,

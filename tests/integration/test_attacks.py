@@ -58,16 +58,59 @@ def test_amplifying_bodies_get_short_answers_and_never_stall_the_probes(server):
             latencies.append(time.perf_counter() - began)
             time.sleep(0.01)
 
-    # encoded first: the server shares this process (and its GIL) with the test
-    hostile = [json.dumps(body).encode() for body in (many_sizes, many_keys, many_keys)] * 3
+    # encoded first: the server shares this process (and its GIL) with the test; the last two pass the guard and
+    # are validated (in a worker thread) into 422s
+    invalid = {**REQUEST, "lr_by_size": {f"s{i}": -1 for i in range(4_000)}, **{f"k{i}": 0 for i in range(4_000)}}
+    hostile = [json.dumps(body).encode() for body in (many_sizes, many_keys, invalid, invalid)] * 3
     prober = threading.Thread(target=probe)
     prober.start()
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(lambda body: post(server, "/v1/sweeps", body), hostile))
     done.set()
     prober.join()
-    assert [a.status_code for a in answers] == [413] * 9
+    assert [a.status_code for a in answers] == [413, 413, 422, 422] * 3
     assert len(latencies) >= 3 and max(latencies) < 0.25, sorted(latencies)[-3:]
+
+
+def test_bodies_are_validated_off_the_event_loop(server, monkeypatch):
+    """FastAPI validates a declared body on the loop; here a sync dependency does it in a worker thread."""
+    import asyncio
+
+    from api import body
+
+    on_loop, validate = [], body.validate
+
+    def watched(model, request):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(model.__name__)
+        except RuntimeError:  # no loop in this thread: a worker
+            on_loop.append(None)
+        return validate(model, request)
+
+    monkeypatch.setattr(body, "validate", watched)
+    assert post(server, "/v1/sweeps", REQUEST).status_code == 201
+    made = post(server, "/v1/schedules", {"name": "n", "cron": "0 3 * * *", "template": REQUEST}).json()
+    r = httpx.patch(f"{server.url}/v1/schedules/{made['id']}", json={"paused": True}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["paused"] is True
+    assert on_loop == [None, None, None]
+
+
+@pytest.mark.parametrize(
+    "content, content_type, field, why",
+    [
+        (b"", "application/json", "body", "Field required"),
+        (b'{"sizes": [', "application/json", "body", "JSON decode error"),
+        (json.dumps(REQUEST).encode(), "text/plain", "body", "valid dictionary"),  # no CORS-simple posts
+        (json.dumps(REQUEST).encode(), None, "body", "valid dictionary"),
+        (b"[1, 2]", "application/json", "body", "valid dictionary"),
+        (json.dumps({**REQUEST, "seeds": "x"}).encode(), "application/vnd.api+json", "seeds", "valid list"),
+    ],
+)
+def test_bodies_that_are_not_a_request_are_named(server, content, content_type, field, why):
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    r = httpx.post(f"{server.url}/v1/sweeps", content=content, headers=headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == field and why in r.text, r.text
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,33 @@ def test_a_cancel_that_lands_during_submission_wins(head, database_url, moment):
     assert_cancelled_for_good(head, db, sweep.id)
 
 
+def test_a_submission_lost_to_a_cancel_leaves_no_mlflow_run_running(head, database_url, tmp_path):
+    """The sweep's and pairs' MLflow runs are stored before the submission that loses its compare-and-set: the
+    reporter ends them with the cancelled sweep (before, they were rolled back with it and stayed RUNNING)."""
+    from mlflow.tracking import MlflowClient
+
+    from services import sweep_tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    db = connect(database_url)
+    sweep, _ = create_sweep(db, SweepRequest.model_validate(LONG), mlflow_uri=uri)
+    racing = Racing(head["jobs"], "claimed", lambda: cancel_sweep(db, sweep.id))
+    rec = Reconciler(db, racing, head["root"], max_concurrent=1, job_env={"MYOPIA_DATA_DIR": str(head["root"])})
+    rec.tick()
+    racing.thread.join()
+    settle(rec, db, sweep.id)
+    assert_cancelled_for_good(head, db, sweep.id)
+    sweep_tracking.report(db)
+    client = MlflowClient(uri)
+    made = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], f"tags.`myopia.sweep` = '{sweep.id}'"
+    )
+    assert made, "the submission opened no MLflow run: the race was not run"
+    assert {r.info.status for r in made} == {"KILLED"}, [(r.data.tags["myopia.kind"], r.info.status) for r in made]
+    stored = get_sweep(db, sweep.id)
+    assert {r.info.run_id for r in made} == {stored.mlflow_run_id, *(p.mlflow_run_id for p in stored.pairs)}
+
+
 def test_a_cancel_at_any_offset_wins(head, database_url):
     """The reported race: a run cancelled 0-300 ms after its sweep is queued, while the reconciler ticks."""
     db = connect(database_url)
