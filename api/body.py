@@ -6,6 +6,7 @@ The OpenAPI schema still names the model (`body_schema` on the route, the models
 from __future__ import annotations
 
 import email.message
+import json
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
@@ -34,16 +35,28 @@ def validate(model: type[M], request: Request) -> M:
     state = request.scope.get("state", {})
     raw, parsed = state.get("body", b""), state.get("json", NOT_JSON)
     is_json = _is_json(request.headers.get("content-type"))
-    if not raw:
+    if not raw or (is_json and parsed is None):  # (FastAPI takes a JSON null for no body)
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     if is_json and parsed is NOT_JSON:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error"}])
+        raise RequestValidationError([_json_error(raw)])
     try:
         return model.model_validate(parsed if is_json else raw)
     except ValidationError as e:
         raise RequestValidationError(
             [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         ) from None
+
+
+def _json_error(raw: bytes) -> dict[str, Any]:
+    """The error for a body that does not parse, saying where and why (the guard kept only that it failed)."""
+    try:
+        json.loads(raw)
+        why = ""
+    except json.JSONDecodeError as e:
+        why = f": {e.msg} at character {e.pos}"
+    except (ValueError, RecursionError) as e:  # not UTF-8, nested too deep, an integer of too many digits
+        why = f": {str(e)[:200]}"
+    return {"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error{why}"}
 
 
 def json_body(model: type[M]) -> Any:

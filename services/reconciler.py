@@ -53,10 +53,6 @@ def _partner_is(statuses: frozenset[str]) -> Any:
     return exists().where(partner.pair_id == Run.pair_id, partner.arm == "vanilla", partner.status.in_(statuses))
 
 
-class TrackingUnavailable(RuntimeError):
-    """The MLflow runs a submission needs could not be opened."""
-
-
 class Reconciler:
     def __init__(
         self,
@@ -108,7 +104,7 @@ class Reconciler:
                 )
             )
         for run_id in queued:
-            if self._each(run_id, self._claim) and self._each(run_id, self._open_tracking):
+            if self._each(run_id, self._claim) and self._opened(run_id):
                 touched |= self._each(run_id, self._submit)
         for sweep_id in touched:
             with self.db.begin() as s:
@@ -125,14 +121,6 @@ class Reconciler:
                 return {run.sweep_id}
         except StaleDataError:  # a cancel (or retry) changed the run since this step read it: the change stands
             log.info("run %s changed during the tick; the next tick acts on what it is now", run_id)
-            return set()
-        except TrackingUnavailable as e:  # not the run's failure: it stays queued, with no job, until MLflow answers
-            self.tracking_error = str(e)
-            log.warning("run %s waits: %s", run_id, e)
-            with self.db.begin() as s:  # give the claim back (nothing was submitted)
-                run = s.get(Run, run_id)
-                if run is not None and run.status == RunStatus.QUEUED and run.job_live:
-                    run.job_live, run.submission_id = False, self._unclaimed.pop(run_id, None)
             return set()
         except Exception as e:  # noqa: BLE001 - isolate the run: whatever it raised, the others go on
             log.exception("run %s", run_id)
@@ -164,17 +152,36 @@ class Reconciler:
             self._unclaimed[run.id] = run.submission_id  # what a claim that submits nothing gives back
             run.job_live, run.submission_id = True, submission_id(run.id, run.attempt)
 
-    def _open_tracking(self, s: Session, run: Run) -> None:
-        """Open the sweep's and its pairs' MLflow runs and store their ids, in a transaction of their own: a
-        submission that then loses to a cancel leaves them stored, and the reporter ends them with the sweep (in
-        the submission's transaction they were rolled back and stayed RUNNING in MLflow, unknown to the store)."""
-        if run.status != RunStatus.QUEUED or not run.job_live:
-            return
+    def _opened(self, run_id: str) -> bool:
+        """Open the sweep's and its pairs' MLflow runs and store their ids, in a transaction of their own that
+        commits whatever was opened, even when MLflow fails partway: a submission that then loses to a cancel, or a
+        later call that fails, leaves every created run's id stored, for the reporter to end with the sweep (else
+        it stays RUNNING in MLflow, unknown to the store). Where MLflow failed, the claim is given back: the run
+        waits in the queue, with no job, until MLflow answers (`tracking_error`), never failing for it."""
+        failed: list[str] = []
+
+        def step(s: Session, run: Run) -> None:
+            if run.status == RunStatus.QUEUED and run.job_live:
+                try:
+                    sweep_tracking.open_runs(run.sweep)
+                except Exception as e:  # noqa: BLE001 - whatever MLflow raised, the run is not at fault
+                    failed.append(f"MLflow: {type(e).__name__}: {str(e)[:300]}")
+
+        if not self._each(run_id, step):
+            return False
+        if not failed:
+            self.tracking_error = None
+            return True
+        self.tracking_error = failed[0]
+        log.warning("run %s waits: %s", run_id, failed[0])
         try:
-            sweep_tracking.open_runs(run.sweep)
-        except Exception as e:  # noqa: BLE001 - whatever MLflow raised, the run is not at fault
-            raise TrackingUnavailable(f"MLflow: {type(e).__name__}: {str(e)[:300]}") from e
-        self.tracking_error = None
+            with self.db.begin() as s:  # give the claim back (nothing was submitted)
+                run = s.get(Run, run_id)
+                if run is not None and run.status == RunStatus.QUEUED and run.job_live:
+                    run.job_live, run.submission_id = False, self._unclaimed.pop(run_id, None)
+        except StaleDataError:  # cancelled meanwhile: that stands, and the next poll clears the claim
+            pass
+        return False
 
     def _submit(self, s: Session, run: Run) -> None:
         """Submit the claimed attempt's job and record it, only if the run is as claimed: recording compares the

@@ -43,9 +43,9 @@ def open_runs(sweep: Sweep) -> None:
             run_name=f"{sweep.name} ({sweep.id})",
             tags={"myopia.sweep": sweep.id, "myopia.kind": "sweep"},
         )
+        sweep.mlflow_run_id = run.info.run_id  # stored even if what follows fails: the reporter ends it
         keys = ("sizes", "seeds", "arms", "preset", "run", "lr_scale", "lr_by_size")
         client.log_batch(run.info.run_id, params=[Param(k, str(request.get(k))[:6000]) for k in keys])
-        sweep.mlflow_run_id = run.info.run_id
     for pair in sweep.pairs:
         if pair.mlflow_run_id is None:
             run = client.create_run(

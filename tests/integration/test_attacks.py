@@ -5,6 +5,7 @@ bytes, log offsets past any file, pairless sweeps, unbounded schedules, concurre
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -104,6 +105,9 @@ def test_bodies_are_validated_off_the_event_loop(server, monkeypatch):
         (json.dumps(REQUEST).encode(), "text/plain", "body", "valid dictionary"),  # no CORS-simple posts
         (json.dumps(REQUEST).encode(), None, "body", "valid dictionary"),
         (b"[1, 2]", "application/json", "body", "valid dictionary"),
+        (b"null", "application/json", "body", "Field required"),
+        (b'{"name": "\xff"}', "application/json", "body", "JSON decode error"),  # not UTF-8
+        (json.dumps({**REQUEST, "seeds": "x"}).encode(), "application/json; charset=utf-8", "seeds", "valid list"),
         (json.dumps({**REQUEST, "seeds": "x"}).encode(), "application/vnd.api+json", "seeds", "valid list"),
     ],
 )
@@ -231,3 +235,22 @@ def test_the_probe_survives_the_store_made_immutable_and_writable_again(server, 
                 assert post(server, "/v1/sweeps", REQUEST).status_code == 503
         assert httpx.get(f"{server.url}/readyz", timeout=60).status_code == 200
     assert all(httpx.get(f"{server.url}/v1/sweeps/{i}", headers=AUTH).status_code == 200 for i in made)
+
+
+def test_every_schema_reference_resolves():
+    """The bodies validated off the loop are named in the OpenAPI schema by reference (api/body.py): each `$ref`
+    resolves, and each route that takes a body names its model."""
+    from api.app import create_app
+
+    schema = create_app().openapi()
+    text = json.dumps(schema)
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text))
+    assert refs and refs <= schema["components"]["schemas"].keys(), refs - schema["components"]["schemas"].keys()
+    ops = [(path, method, op) for path, item in schema["paths"].items() for method, op in item.items()]
+    bodies = {
+        (path, method): op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        for path, method, op in ops
+        if "requestBody" in op
+    }
+    assert bodies == {("/v1/sweeps", "post"): "SweepRequest", ("/v1/schedules", "post"): "ScheduleRequest",
+                      ("/v1/schedules/{schedule_id}", "patch"): "ScheduleEdit"}  # fmt: skip

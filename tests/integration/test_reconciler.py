@@ -196,6 +196,41 @@ def test_mlflow_down_holds_a_run_in_the_queue_without_failing_it(head, tmp_path,
     rec.tick()
 
 
+def test_mlflow_failing_partway_keeps_what_it_created(head, tmp_path, monkeypatch):
+    """MLflow creates the sweep's run and then fails: that run's id is stored (not created again next time, ended
+    by the reporter), the claim is given back, and the next tick opens the rest and submits."""
+    from mlflow.tracking import MlflowClient
+
+    db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    sweep, _ = create_sweep(db, SweepRequest.model_validate({**SWEEP, "arms": ["vanilla"], "unpaired": True}),
+                            mlflow_uri=uri)  # fmt: skip
+    create_run, calls = MlflowClient.create_run, []
+
+    def flaky(self, *args, **kw):
+        calls.append(kw.get("run_name"))
+        if len(calls) == 2:  # the pair's run, after the sweep's
+            raise ConnectionError("MLflow went away")
+        return create_run(self, *args, **kw)
+
+    monkeypatch.setattr(MlflowClient, "create_run", flaky)
+    rec = reconciler(head, db)
+    rec.tick()
+    stored = get_sweep(db, sweep.id)
+    (run,) = stored.runs
+    assert stored.mlflow_run_id and not stored.pairs[0].mlflow_run_id
+    assert (run.status, run.failures, run.submission_id, run.job_live) == ("queued", 0, None, False)
+    assert "went away" in rec.tracking_error
+    rec.tick()
+    assert get_run(db, run.id).status == "submitted" and rec.tracking_error is None
+    client = MlflowClient(uri)
+    kinds = [r.data.tags["myopia.kind"] for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], f"tags.`myopia.sweep` = '{sweep.id}'")]  # fmt: skip
+    assert sorted(kinds) == ["pair", "sweep"], kinds  # the sweep's run was not created twice
+    cancel_sweep(db, sweep.id)
+    rec.tick()
+
+
 def test_cancel_stops_the_job(head, tmp_path):
     db = connect(f"sqlite:///{tmp_path / 'cp.db'}")
     long = {**SWEEP, "run": {**SWEEP["run"], "train": {**SWEEP["run"]["train"], "steps": 5000}}}

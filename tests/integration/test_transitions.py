@@ -129,6 +129,8 @@ def test_a_submission_lost_to_a_cancel_leaves_no_mlflow_run_running(head, databa
         [e.experiment_id for e in client.search_experiments()], f"tags.`myopia.sweep` = '{sweep.id}'"
     )
     assert made, "the submission opened no MLflow run: the race was not run"
+    histories = [[e.status for e in get_run(db, r.id).events] for r in get_sweep(db, sweep.id).runs]
+    assert not any("submitted" in h for h in histories), f"the submission won: the race was not run {histories}"
     assert {r.info.status for r in made} == {"KILLED"}, [(r.data.tags["myopia.kind"], r.info.status) for r in made]
     stored = get_sweep(db, sweep.id)
     assert {r.info.run_id for r in made} == {stored.mlflow_run_id, *(p.mlflow_run_id for p in stored.pairs)}
