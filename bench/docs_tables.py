@@ -30,6 +30,14 @@ def bench_cpu() -> list[str]:
             lines.append(f"| {T} | {mode} | {times} | {mib:.1f} MiB | {rows[0]['memory_vs_vanilla']:.3f} |")
     ratios = ", ".join(f"{run['step_myopic_vs_vanilla']:.3f}" for run in runs)
     lines.append(f"**myopic / vanilla = {ratios}**")
+    layer = [next(r["ms"] for r in run["layer"] if r["T"] == 2048 and r["mode"] == "vanilla") for run in runs]
+    paper = [run["step"]["paper-style"]["median_ms"] / run["step"]["vanilla"]["median_ms"] for run in runs]
+    step = [run["step"]["vanilla"]["median_ms"] / 1000 for run in runs]
+    lines += [
+        f"e.g. {min(layer):.0f}–{max(layer):.0f} ms at T = 2048",
+        f"paper-style {min(paper):.2f}–{max(paper):.2f}; vanilla {min(step):.2f}–{max(step):.2f} s per step",
+        f"grows quadratically ({runs[0]['layer'][-1]['memory_vs_vanilla']:.0f}× at T = 2048)",
+    ]
     return lines
 
 
@@ -64,6 +72,91 @@ def dp_baseline() -> list[str]:
     )
     zero = f"{rows[0.3]['predict_zero_all']:.3f} at p = 0.3 and {rows[0.1]['predict_zero_all']:.3f} at p = 0.1"
     return [levels, zero]
+
+
+def drift_example() -> list[str]:
+    """docs/science.md: the drift tests on the cpu-ladder's 0.1m gaps (docs/figures/cpu_ladder.json) against a rerun
+    22% larger for every seed: paired, Welch's, and Holm's beside two unchanged sizes."""
+    from scipy import stats
+
+    from services.gap_stats import drift, drift_across_sizes
+
+    pairs = load("cpu_ladder.json")["results"]["pairs"]
+    ladder = {p["seed"]: p["gap"] for p in pairs if p["size"] == "0.1m"}
+    rerun = {seed: 1.22 * gap for seed, gap in ladder.items()}
+    paired = drift(ladder, rerun)
+    welch = stats.ttest_ind(list(rerun.values()), list(ladder.values()), equal_var=False).pvalue
+    holm = drift_across_sizes([paired, drift(ladder, dict(ladder)), drift(ladder, dict(ladder))])[0]
+    return [
+        f"a rerun whose gaps all grow by 22% (the ladder's 0.1m gaps) has paired p = {paired.p_value:.3f}, where "
+        f"Welch's test gives p = {welch:.2f}. Alone it is {'flagged' if paired.drift else 'not flagged'}; beside "
+        f"two unchanged sizes Holm makes it {holm.p_holm:.3f}, {'flagged' if holm.drift else 'not flagged'}"
+    ]
+
+
+def reconciler_tick() -> list[str]:
+    """docs/reliability.md: the reconciler's idle tick against the queue (bench/reconciler_tick.py --json)."""
+    rows = load("reconciler_tick.json")["rows"]
+
+    def ms(values: list[float]) -> str:
+        return ", ".join(f"{v:.1f}" for v in values)
+
+    lines = [
+        f"| {r['queued']:,} | {r['finished']:,} | {ms(r['tick_cpu_ms'])} | {ms(r['tick_wall_ms'])} |" for r in rows
+    ]
+    worst = max(max(r["tick_cpu_ms"]) for r in rows)
+    return [*lines, f"At one tick a second that is at most {worst / 10:.2f}% of a core"]  # ms per 1,000 ms
+
+
+def memory_calibration() -> list[str]:
+    """docs/operations.md: the activation model's coefficients and its fit (bench/memory_calibration.py --json)."""
+    doc = load("memory_calibration.json")
+    c = {p: {k: round(v, 1) for k, v in terms.items()} for p, terms in doc["coefficients"].items()}
+    half = "bf16 and fp16" if c["bf16"] == c["fp16"] else "bf16"
+    logits = {terms["logit"] for terms in c.values()}
+    logit = (
+        f"{logits.pop():.1f} bytes per output logit in every precision"
+        if len(logits) == 1
+        else "per logit: " + (", ".join(f"{terms['logit']:.1f} in {p}" for p, terms in c.items()))
+    )
+    ratios = [r["peak"] / r["model"] for r in doc["rows"]]
+    return [
+        f"per layer {c['bf16']['layer']:.1f} bytes per token per hidden unit in {half} ({c['fp32']['layer']:.1f} in "
+        f"fp32); {logit}",
+        f"{c['bf16']['token']:.1f} (fp32: {c['fp32']['token']:.1f}) bytes per token per hidden unit outside the layers",
+        f"Measured over predicted: {min(ratios):.3f} to {max(ratios):.3f} on every shape",
+    ]
+
+
+UNITS = {"wiki": "lead sections", "sotu": "addresses", "brown": "texts", "moby-dick": "chapters",
+         "austen": "chapters of six novels"}  # fmt: skip
+
+
+def corpora() -> tuple[list[str], list[str]]:
+    """docs/data.md and docs/results.md: what the corpora and the CPU presets' mix hold (bench/corpus_counts.py)."""
+    rows = load("corpora.json")["rows"]
+    single = [r for r in rows if "+" not in r["corpus"]]
+    ladder = next(r for r in rows if "+" in r["corpus"] and r["sequences"] == "packed")
+    starts = next(r for r in rows if "+" in r["corpus"] and r["sequences"] == "document_start")
+    data = [
+        f"| {r['documents']:,} {UNITS[r['corpus']]} | {r['train_tokens']:,} / {r['heldout_tokens']:,} |" for r in single
+    ]
+    data += [
+        f"{ladder['train_tokens'] / 1e6:.1f}M training and {ladder['heldout_tokens'] / 1e6:.1f}M held-out tokens",
+        f"the `cpu-ladder`'s {ladder['vocab_size']:,} keep {ladder['vocab_coverage']:.0%} of the mix's training tokens",
+    ]
+    request = load("context.json")["request"]["run"]["train"]
+    sequences = request["steps"] * request["global_batch"]
+    results = [
+        f"`{ladder['corpus']}`: {ladder['train_tokens'] / 1e6:.1f}M training tokens",
+        f"the **{ladder['vocab_size'] - 1:,} most frequent training tokens** kept "
+        f"({ladder['vocab_coverage']:.0%} of the tokens",
+        f"spread evenly over the whole held-out stream of {ladder['heldout_sequences']:,}",
+        f"The mix has {starts['train_sequences']:,} training document starts, so {sequences:,} sequences are "
+        f"{sequences / starts['train_sequences']:.1f} epochs",
+        f"Held out: all {starts['heldout_sequences']:,} held-out document starts",
+    ]
+    return data, results
 
 
 def interval_coverage() -> list[str]:
@@ -145,18 +238,78 @@ def synthetic_cpu() -> list[str]:
     return lines
 
 
+def probes() -> list[str]:
+    """docs/results.md: the synthetic-cpu preset's probes (held-out R² of ridge probes, mean over lags 1-10, then
+    over seeds; the control is the untrained model of the same seed), and the lag-0 probe at layer 1."""
+    import statistics
+
+    runs = load("synthetic_cpu.json")["runs"]
+
+    def per_seed(r: dict, layer: int, key: str) -> float:
+        return statistics.mean(p[key] for p in r["probes"] if p["layer"] == layer and 1 <= p["lag"] <= 10)
+
+    lines = []
+    for arm, rs in runs.items():
+        cells = []
+        for layer in (1, 2):
+            r2, control = (statistics.mean(per_seed(r, layer, k) for r in rs) for k in ("r2", "r2_control"))
+            cells += [f"{r2:.3f} ({control:.3f})", _mean_ci([per_seed(r, layer, "selectivity") for r in rs])]
+        label = DP_ARMS[arm].removesuffix(" (the paper's)")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+
+    def lag0(arm: str, key: str = "r2") -> list[float]:
+        return [next(p[key] for p in r["probes"] if p["layer"] == 1 and p["lag"] == 0) for r in runs[arm]]
+
+    hidden = lag0("myopic-hidden")
+    lines += [
+        f"the untrained model's layer-1 probe is already R² {_mean_ci(lag0('vanilla', 'r2_control'))}; vanilla "
+        f"keeps it ({statistics.mean(lag0('vanilla')):.3f}), and in the `hidden` arm it falls to "
+        f"{_mean_ci(hidden)}",
+        f"the probe fell only to {hidden[0]:.3f}, {hidden[1]:.3f} and {hidden[2]:.3f}",
+    ]
+    return lines
+
+
 def local_bonus() -> list[str]:
-    """docs/results.md: the local myopia bonus on the cpu-ladder (bench/local_bonus.py)."""
+    """docs/results.md: the local myopia bonus on the cpu-ladder (bench/local_bonus.py): the table, the arms' wall
+    times, the smallest bonus, and the bonus's weighted fit against scale (as the service fits the gap)."""
+    import numpy as np
     import sweep_report
 
-    return sweep_report.bonus_table({"sizes": load("local_bonus.json")["sizes"]})
+    from services.gap_stats import SizeGap, fit_gap
+
+    doc = load("local_bonus.json")
+    lines = sweep_report.bonus_table({"sizes": doc["sizes"]})
+    walls = {s["size"]: [r["wall_s"] for r in doc["runs"] if r["size"] == s["size"]] for s in doc["sizes"]}
+    lines.append(
+        "their recorded wall times ({}) are evaluation only; the 0.4m arms took {} each, the 14m arms {}".format(
+            *(f"{min(w):.0f}–{max(w):.0f} s" for w in walls.values())
+        )
+    )
+    bonuses = [r["vanilla_loss"] - r["local_loss"] for r in doc["runs"]]
+    lines.append(f"the smallest of the {len(bonuses)} bonuses is {min(bonuses):+.3f}")
+    points = []
+    for s in doc["sizes"]:
+        per_seed = [r["vanilla_loss"] - r["local_loss"] for r in doc["runs"] if r["size"] == s["size"]]
+        se = float(np.std(per_seed, ddof=1) / np.sqrt(len(per_seed)))
+        points.append(
+            SizeGap(size=s["size"], n_params_nonembedding=s["n_params_nonembedding"], n_pairs=len(per_seed),
+                    gaps=per_seed, gap_mean=float(np.mean(per_seed)), gap_se=se, gap_ci95=None,
+                    vanilla_loss_mean=s["vanilla_loss_mean"], myopic_loss_mean=s["local_loss_mean"])
+        )  # fmt: skip
+    fit = fit_gap(points)
+    lo, hi = fit.slope_ci95
+    lines.append(f"a weighted fit gives {fit.slope:+.3f} per decade, 95% CI [{lo:+.3f}, {hi:+.3f}]")
+    return lines
 
 
 def local_control() -> list[str]:
     """docs/results.md: the local arm against vanilla trained for its whole budget (bench/local_control.py)."""
     import local_control
 
-    return local_control.table(load("local_control.json")["sizes"])
+    doc = load("local_control.json")
+    walls = [r["wall_s"] for r in doc["runs"]]
+    return [*local_control.table(doc["sizes"]), f"two runs at a time, {min(walls):.0f}–{max(walls):.0f} s each"]
 
 
 def text_calibration() -> list[str]:
@@ -171,6 +324,54 @@ def text_calibration() -> list[str]:
             f"{r['gap']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {benefit:+.4f} | {share} | {r['s_per_step']['vanilla']:.2f} |"
         )
     return lines
+
+
+def ladder_prose() -> list[str]:
+    """docs/results.md: what the cpu-ladder's prose quotes from its results (cpu_ladder.json) and from the text
+    calibration (text_calibration.json, the 300-step rows)."""
+    res = load("cpu_ladder.json")["results"]
+    means = [s["gap_mean"] for s in res["sizes"]]
+    vanilla = [p["vanilla_loss"] for p in res["pairs"] if p["size"] == "0.4m"]
+    gaps = [p["gap"] for p in res["pairs"] if p["size"] == "0.4m"]
+    rows = {r["size"]: r for r in load("text_calibration.json")["rows"] if r["steps"] == 300}
+    benefit = {size: r["loss"]["bigram"] - r["loss"]["vanilla"] for size, r in rows.items()}
+    return [
+        f"The mean gap is positive at all three sizes ({min(means):+.3f} to {max(means):+.3f} nats)",
+        f"vanilla losses differ by up to {max(vanilla) - min(vanilla):.3f} between seeds at 0.4m",
+        f"The bigram reference (below) loses {benefit['0.1m']:.3f} nats at 0.1m",
+        f"losing the whole past costs {benefit['0.1m']:.3f} nats at 0.1m and {benefit['0.4m']:.3f} at 0.4m, of which "
+        f"myopia loses {rows['0.1m']['share_lost']:.1%} and {rows['0.4m']['share_lost']:.1%}",
+        f"the seed-to-seed spread of the ladder's gap ({min(gaps):+.4f} to {max(gaps):+.4f}) alone would move that "
+        f"share between about {min(gaps) / benefit['0.4m']:.0%} and {max(gaps) / benefit['0.4m']:.0%}",
+    ]
+
+
+def sweep_runs() -> list[str]:
+    """docs/results.md: how long the cpu-ladder and context-cpu sweeps ran, how far context-cpu's vanilla trained,
+    and what its bigram reference costs per seed (bench/sweep_report.py --json: the runs' histories and MLflow)."""
+    import statistics
+
+    ladder, ctx = load("cpu_ladder.json"), load("context.json")
+    total = ladder["created_to_last_ended_s"]
+    done = [r for r in ctx["runs"] if r["status"] == "succeeded"]
+    minutes = [r["running_s"] / 60 for r in done]
+    trained = [r["train_loss_last_tenth"] for r in done if r["arm"] == "vanilla"]
+    res = ctx["results"]
+    size = res["sizes"][0]
+    benefit = {p["seed"]: p["bigram_loss"] - p["vanilla_loss"] for p in res["pairs"] if p["bigram_loss"] is not None}
+    mean_benefit = statistics.mean(benefit.values())
+    return [
+        f"{len(ladder['runs'])} runs, **{total / 60:.1f} minutes from submission to the last result stored** "
+        f"({total:,.0f} s",
+        f"{min(minutes):.0f}–{max(minutes):.0f} minutes a run",
+        f"the last tenth of training at {min(trained):.2f}–{max(trained):.2f} nats for vanilla against "
+        f"{size['vanilla_loss_mean']:.2f} held out",
+        "Losing the whole past (bigram − vanilla) costs "
+        + "; ".join(f"seed {seed}: {b:+.3f}" for seed, b in sorted(benefit.items()))
+        + " nats: these models use their context",
+        f"myopia loses about {size['gap_mean'] / mean_benefit:.0%} of that benefit ({size['gap_mean']:.3f} / "
+        f"{mean_benefit:.2f})",
+    ]
 
 
 def dp_calibration() -> list[str]:
@@ -254,12 +455,16 @@ def readme() -> list[str]:
 RENDERERS = {
     "README.md": readme,
     "docs/performance.md": lambda: bench_cpu() + run_overhead(),
-    "docs/reliability.md": attack,
-    "docs/science.md": lambda: dp_baseline() + interval_coverage(),
+    "docs/operations.md": memory_calibration,
+    "docs/data.md": lambda: corpora()[0],
+    "docs/reliability.md": lambda: attack() + reconciler_tick(),
+    "docs/science.md": lambda: dp_baseline() + interval_coverage() + drift_example(),
     "docs/results.md": lambda: (
         synthetic_cpu()
+        + probes()
         + dp_calibration()
         + cpu_ladder()
+        + ladder_prose()
         + demo()
         + text_calibration()
         + local_bonus()
@@ -267,6 +472,8 @@ RENDERERS = {
         + demo_time()
         + multiplication()
         + context()
+        + corpora()[1]
+        + sweep_runs()
     ),
 }
 

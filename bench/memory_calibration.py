@@ -12,13 +12,17 @@ terms separate; two full-vocabulary points are held out of the fit to check it. 
 a few points next to vanilla. Tensors are the same aten ops as on a GPU; what a GPU adds (kernel workspaces, the
 caching allocator's rounding) is `cluster/memory.py`'s fragmentation allowance, not measured here.
 
-    python bench/memory_calibration.py            # about a minute on 2 cores
+    python bench/memory_calibration.py [--json docs/figures/memory_calibration.json]   # about a minute on 2 cores
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,7 +65,9 @@ def predict(coef: np.ndarray, s: Shape) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16"])
+    ap.add_argument("--json", help="write the measurements and the fitted coefficients here")
     a = ap.parse_args()
+    measured: list[dict] = []
     torch.set_num_threads(2)
     began = time.perf_counter()
     fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -74,6 +80,8 @@ def main() -> None:
         rows += [(s, measure(s, precision)) for s in HELD_OUT]
         for s, m in rows:
             model = predict(coef, s)
+            row = {"precision": precision, "shape": dataclasses.asdict(s), "peak": m.peak, "model": model}
+            measured.append(row | {"set": "fit" if s in FIT else "held out"})
             print(
                 f"| {precision} | vanilla | {s.layers} | {s.hidden} | {s.heads} | {s.seq} | {s.batch} | {s.vocab} | "
                 f"{m.saved / 1e6:.2f} | {m.peak / 1e6:.2f} | {model / 1e6:.2f} | {m.peak / model:.3f} | "
@@ -93,6 +101,11 @@ def main() -> None:
         for label, coef in zip(("all four terms", "attn = 0"), pair, strict=True):
             print(f"| {precision} | {label} | " + " | ".join(f"{round(c, 3) + 0.0:.3f}" for c in coef) + " |")
     print(f"\n{time.perf_counter() - began:.0f} s")
+    if a.json:
+        coefficients = {p: dict(zip(TERMS, map(float, pair[1]), strict=True)) for p, pair in fitted.items()}
+        doc = {"command": " ".join(["python bench/memory_calibration.py", *sys.argv[1:]]), "rows": measured,
+               "coefficients": coefficients}  # fmt: skip
+        Path(a.json).write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

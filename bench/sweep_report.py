@@ -4,7 +4,8 @@
     (MYOPIA_API_URL, MYOPIA_API_TOKEN)
 
 --json writes the results document as the API returns it (per size, the fits, every pair with its gap per
-position), with the sweep's request and the command: the raw numbers behind the tables.
+position), with the sweep's request, the command, and each run's times, held-out sequence count and last training
+loss (from MLflow, where it still has the run): the raw numbers behind the tables and the prose.
 
 Per size: the losses, the gap with its interval over seeds and over held-out sequences, and (with a bigram arm) the
 share of the context benefit lost; then the gap by position band, mean over seeds with its interval over seeds.
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +117,58 @@ def band_table(res: dict) -> list[str]:
     return lines
 
 
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _seconds(a: str | None, b: str | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+def run_records(api: Api, sweep_id: str) -> list[dict]:
+    """Each run's status and times from its history (queued, first running, ended), its held-out sequence count,
+    and, where MLflow still has the run, its training loss over the last tenth of its steps: how long the runs
+    took and how far they trained, for the docs."""
+    records, cursor = [], None
+    while True:
+        params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        page = api.call("GET", f"/v1/sweeps/{sweep_id}/runs", params=params).json()
+        for item in page["items"]:
+            run = api.call("GET", f"/v1/runs/{item['id']}").json()
+            first: dict[str, str] = {}
+            for e in run["events"]:
+                first.setdefault(e["status"], e["at"])
+            ended = next((e["at"] for e in reversed(run["events"]) if e["status"] in FINAL), None)
+            result = run["result"] or {}
+            record = {k: run[k] for k in ("id", "arm", "size", "seed", "status", "attempt")}
+            record |= {
+                "queued_at": run["events"][0]["at"] if run["events"] else None,
+                "running_at": first.get("running"),
+                "ended_at": ended,
+                "running_s": _seconds(first.get("running"), ended),
+                "held_out_sequences": (result.get("eval") or {}).get("sequences"),
+                "train_loss_last_tenth": _last_training_loss(result),
+            }
+            records.append(record)
+        if not (cursor := page["next_cursor"]):
+            return records
+
+
+def _last_training_loss(result: dict) -> float | None:
+    tracking = (result.get("spec") or {}).get("tracking") or {}
+    if not (result.get("mlflow_run_id") and tracking.get("mlflow_uri")):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    try:
+        history = MlflowClient(tracking["mlflow_uri"]).get_metric_history(result["mlflow_run_id"], "train/loss")
+    except Exception:  # noqa: BLE001 - the run was deleted from MLflow since: nothing to say
+        return None
+    last = [m.value for m in history if m.step > 0.9 * result["steps"]]
+    return float(np.mean(last)) if last else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sweep_id")
@@ -136,8 +191,18 @@ def main() -> None:
         print(f"\nplot: {args.png}")
     if args.json:
         sweep = api.call("GET", f"/v1/sweeps/{args.sweep_id}").json()
-        command = f"python bench/sweep_report.py {args.sweep_id} --json {args.json}"
-        doc = {"command": command, "request": sweep["request"], "created_at": sweep["created_at"], "results": res}
+        command = " ".join(["python bench/sweep_report.py", *sys.argv[1:]])
+        runs = run_records(api, args.sweep_id)
+        ended = [r["ended_at"] for r in runs if r["ended_at"]]
+        doc = {
+            "command": command,
+            "request": sweep["request"],
+            "created_at": sweep["created_at"],
+            "last_ended_at": max(ended, default=None),
+            "created_to_last_ended_s": _seconds(sweep["created_at"], max(ended, default=None)),
+            "results": res,
+            "runs": runs,
+        }
         Path(args.json).write_text(json.dumps(doc, indent=1))
         print(f"results: {args.json}")
 

@@ -128,3 +128,35 @@ def test_the_planner_caps_the_micro_batch_to_what_fits(seq_len, precision):
             or 2 * t.micro_batch > cap
             or (t.global_batch // r.workers) % (2 * t.micro_batch)
         )
+
+
+def test_operations_doc_prose_is_what_the_model_says():
+    """The figures docs/operations.md quotes from the memory model besides its table."""
+    text = " ".join((ROOT / "docs" / "operations.md").read_text().split())
+
+    def largest(size: str, fused: bool, **kw) -> int:
+        stage, _, _ = memory.placed(size, "gpu")
+        return memory.largest_micro_batch(size, zero_stage=stage, fused_loss=fused, **kw)
+
+    one_gpu = {"seq_len": 2048, "precision": "bf16", "gpus": 1}
+    fused = [(largest(size, False, **one_gpu), largest(size, True, **one_gpu)) for size in ("160m", "410m")]
+    (a, b), (c, d) = fused
+    assert f"grows from {a} to {b} sequences at 160m and from {c} to {d} at 410m" in text
+    stage, _, gpus = memory.placed("160m", "gpu")
+    need = memory.peak_bytes("160m", 1024, zero_stage=stage, gpus=gpus) / memory.GIB
+    assert f"at 1024 it would need {need:.1f} GiB" in text
+    ends = []
+    for size in ("14m", "2.8b"):
+        stage, _, gpus = memory.placed(size, "gpu")
+        ends.append(memory.largest_micro_batch(size, seq_len=2048, zero_stage=stage, gpus=gpus))
+    assert f"{ends[0]} sequences for 14m down to {ends[1]} for 2.8b" in text
+
+
+def test_the_coefficients_are_the_calibrations():
+    """cluster/memory.py's activation coefficients are what bench/memory_calibration.py fitted (the JSON it wrote)."""
+    import json
+
+    fitted = json.loads((ROOT / "docs" / "figures" / "memory_calibration.json").read_text())["coefficients"]
+    for precision, terms in fitted.items():
+        coded = memory.ACTIVATIONS[precision]
+        assert (coded.layer, coded.logit, coded.token) == tuple(round(terms[k], 1) for k in ("layer", "logit", "token"))
