@@ -159,10 +159,25 @@ def corpora() -> tuple[list[str], list[str]]:
     return data, results
 
 
+def probe_controls() -> list[str]:
+    """docs/science.md: the untrained model's layer-1 lag-0 probe R², at the preset's b and in the calibration."""
+    import statistics
+
+    runs = load("synthetic_cpu.json")["runs"]["vanilla"]
+    preset = statistics.mean(next(p["r2_control"] for p in r["probes"] if p["layer"] == 1 and p["lag"] == 0)
+                             for r in runs)  # fmt: skip
+    grid = next(r for r in load("dp_calibration.json")["rows"] if r["d"] == 32 and r["b"] == 10)
+    return [f"R² {preset:.3f} at b = 3, d 64", f"{grid['layer1_lag0_r2_control']:.3f} at b = 10, d 32"]
+
+
 def interval_coverage() -> list[str]:
-    """docs/science.md: coverage of 95% held-out intervals on AR(1) series, by method."""
+    """docs/science.md: coverage of 95% held-out intervals on AR(1) series, by method, and the replicates' own
+    margin (1.96 · sqrt(0.95 · 0.05 / replicates))."""
+    import re
+
     doc = load("interval_coverage.json")
-    lines = []
+    replicates = int(re.search(r"--replicates (\d+)", doc["command"]).group(1))
+    lines = [f"{replicates:,} replicates each, so ±{1.96 * (0.95 * 0.05 / replicates) ** 0.5:.3f} at 95%"]
     for r in doc["rows"]:
         c = r["coverage"]
         cells = f"{c['fixed16']:.3f} | **{c['chosen']:.3f}** | {c['stationary_bootstrap']:.3f}"
@@ -197,6 +212,9 @@ def demo() -> list[str]:
         f"{t['myopic_loss_mean']:.4f} | {t['bigram_loss_mean']:.4f} | **{t['gap_mean']:+.4f}** [{lo:+.4f}, {hi:+.4f}] "
         f"| **{t['share_lost']:.3f}** [{slo:.3f}, {shi:.3f}] |"
     )
+    gaps = doc["demo-synthetic"]["results"]["pairs"][0]["gap_per_position"]
+    negative = next(i for i, g in enumerate(gaps) if g >= 0)  # the first positions, where vanilla misses the 0
+    lines.append(f"The gap per position is negative at positions 0–{negative - 1}")
     return lines
 
 
@@ -360,7 +378,9 @@ def sweep_runs() -> list[str]:
     size = res["sizes"][0]
     benefit = {p["seed"]: p["bigram_loss"] - p["vanilla_loss"] for p in res["pairs"] if p["bigram_loss"] is not None}
     mean_benefit = statistics.mean(benefit.values())
+    seed0 = next(p for p in res["pairs"] if p["seed"] == 0)
     return [
+        f"vanilla {seed0['vanilla_loss']:.4f}, bigram {seed0['bigram_loss']:.4f}, the sweep's seed-0 losses",
         f"{len(ladder['runs'])} runs, **{total / 60:.1f} minutes from submission to the last result stored** "
         f"({total:,.0f} s",
         f"{min(minutes):.0f}–{max(minutes):.0f} minutes a run",
@@ -441,8 +461,11 @@ def demo_time() -> list[str]:
 def readme() -> list[str]:
     """README.md: the set-up commands' wall-clock times (bench/wallclock.py) and the ladder's gap range."""
     w = load("wallclock.json")
-    gaps = [s["gap_mean"] for s in load("cpu_ladder.json")["results"]["sizes"]]
+    sizes = load("cpu_ladder.json")["results"]["sizes"]
+    gaps = [s["gap_mean"] for s in sizes]
+    excluding = sum(lo > 0 or hi < 0 for lo, hi in (s["gap_ci95"] for s in sizes))
     return [
+        f"over seeds excluding zero at {excluding} sizes of {len(sizes)}",
         f"{_duration(w['demo']['seconds'])} on 2 cores with the install and the data directory in place "
         f"({w['demo']['date'][:10]})",
         f"`make install` from a fresh clone took {_duration(w['install']['seconds'])} and left a "
@@ -458,7 +481,7 @@ RENDERERS = {
     "docs/operations.md": memory_calibration,
     "docs/data.md": lambda: corpora()[0],
     "docs/reliability.md": lambda: attack() + reconciler_tick(),
-    "docs/science.md": lambda: dp_baseline() + interval_coverage() + drift_example(),
+    "docs/science.md": lambda: dp_baseline() + interval_coverage() + drift_example() + probe_controls(),
     "docs/results.md": lambda: (
         synthetic_cpu()
         + probes()

@@ -112,3 +112,32 @@ def test_a_short_run_learns():
     assert sum(result["count_by_length"].values()) == 512
     assert result["accuracy_hardest"] == result["accuracy_by_length"]["2×2"]
     assert np.isclose(result["loss"], np.mean(result["per_position"]))
+
+
+def test_the_docs_count_the_held_out_split_as_it_is():
+    """docs/results.md and docs/science.md describe the multiplication-cpu evaluation set: its problems, its mirrors
+    in training, and its draws (the eval seed's 2,048 held-out samples at 2 digits)."""
+    from pathlib import Path
+
+    from trainers.tasks import EVAL_SEED
+
+    root = Path(__file__).resolve().parents[2]
+    a = torch.arange(100).repeat_interleave(100)
+    b = torch.arange(100).repeat(100)
+    held = {(int(x), int(y)) for x, y, h in zip(a, b, is_held_out(torch.stack([a, b], 1)), strict=True) if h}
+    mirrored = sum((y, x) not in held for x, y in held)
+    ids, lengths = MultiplicationTask(max_digits=2, pad=2).sample(
+        2048, torch.Generator().manual_seed(EVAL_SEED), held_out=True
+    )
+    drawn = [((_number(r[:2]), _number(r[3:5])), tuple(n.tolist())) for r, n in zip(ids, lengths, strict=True)]
+    one = [p for p, n in drawn if n == (1, 1)]
+    two = [p for p, n in drawn if n == (2, 2)]
+    results = " ".join((root / "docs" / "results.md").read_text().split())
+    science = " ".join((root / "docs" / "science.md").read_text().split())
+    assert f"for {mirrored:,} of the {len(held):,} held-out pairs (a, b), the pair (b, a)" in results
+    assert f"({mirrored:,} of {len(held):,} at 2 digits)" in science
+    assert (
+        f"cover {len({p for p, _ in drawn}):,} distinct problems: {len(set(one))} of them make up the {len(one):,} "
+        f"draws of the 1×1 bucket" in results
+    )
+    assert f"and {len(set(two)):,} the {len(two):,} draws of the 2×2 bucket" in results

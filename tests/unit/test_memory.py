@@ -142,6 +142,9 @@ def test_operations_doc_prose_is_what_the_model_says():
     fused = [(largest(size, False, **one_gpu), largest(size, True, **one_gpu)) for size in ("160m", "410m")]
     (a, b), (c, d) = fused
     assert f"grows from {a} to {b} sequences at 160m and from {c} to {d} at 410m" in text
+    performance = " ".join((ROOT / "docs" / "performance.md").read_text().split())
+    e, f = (memory.largest_micro_batch("1b", zero_stage=1, fused_loss=x, **one_gpu) for x in (False, True))
+    assert f"goes from {a} to {b} sequences at 160m, {c} to {d} at 410m and {e} to {f} at 1b" in performance
     stage, _, gpus = memory.placed("160m", "gpu")
     need = memory.peak_bytes("160m", 1024, zero_stage=stage, gpus=gpus) / memory.GIB
     assert f"at 1024 it would need {need:.1f} GiB" in text
