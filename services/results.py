@@ -268,9 +268,13 @@ def _gap_plot(results: dict[str, Any]) -> bytes:
             per_size[row["size"]].append(row["gap_per_position"])
     for size, curves in sorted(per_size.items(), key=lambda kv: params[kv[0]]):
         n = min(len(c) for c in curves)
-        ax2.plot([sum(c[i] for c in curves) / len(curves) for i in range(n)], label=size)
+        at = [mean_interval([c[i] for c in curves]) for i in range(n)]
+        (line,) = ax2.plot([m for m, _, _ in at], label=size)
+        if len(curves) > 1:  # the interval over seeds, position by position
+            lo, hi = ([ci[k] for _, _, ci in at] for k in (0, 1))
+            ax2.fill_between(range(n), lo, hi, color=line.get_color(), alpha=0.2, lw=0)
     ax2.axhline(0, color="black", lw=0.5)
-    ax2.set(xlabel="position", ylabel="gap", title="gap per position (mean over seeds)")
+    ax2.set(xlabel="position", ylabel="gap", title="gap per position (mean; band: 95% CI over seeds)")
     if per_size:
         ax2.legend(fontsize=8)
     if ax3:  # D_p: how far each arm gets below the trivial myopic baseline, per position
