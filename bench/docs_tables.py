@@ -196,7 +196,8 @@ def cpu_ladder() -> list[str]:
     import sweep_report  # bench/ is on sys.path: this file's own folder
 
     res = load("cpu_ladder.json")["results"]
-    tables = (sweep_report.size_table, sweep_report.fit_lines, sweep_report.pair_table, sweep_report.band_table)
+    tables = (sweep_report.size_table, sweep_report.fit_lines, sweep_report.pair_table, sweep_report.band_table,
+              sweep_report.band_tests)  # fmt: skip
     return [line for table in tables for line in table(res)]
 
 
@@ -431,7 +432,8 @@ def context() -> list[str]:
     import sweep_report
 
     res = load("context.json")["results"]
-    lines = [line for table in (sweep_report.size_table, sweep_report.band_table) for line in table(res)]
+    tables = (sweep_report.size_table, sweep_report.band_table, sweep_report.band_tests)
+    lines = [line for table in tables for line in table(res)]
     with_bigram = sorted((p for p in res["pairs"] if p["bigram_loss"] is not None), key=lambda p: p["seed"])
     lines.append("; ".join(f"seed {p['seed']}: {p['bigram_loss'] - p['vanilla_loss']:+.3f}" for p in with_bigram))
     return lines

@@ -117,6 +117,40 @@ def band_table(res: dict) -> list[str]:
     return lines
 
 
+def band_tests(res: dict) -> list[str]:
+    """Does the gap differ between neighbouring position bands? A paired t-test over seeds on each seed's band
+    means (the seeds' models are the units; positions within a seed are not independent), Holm-adjusted across
+    the sweep's comparisons."""
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    curves: dict[str, list[list[float]]] = defaultdict(list)
+    for pair in res["pairs"]:
+        curves[pair["size"]].append(pair["gap_per_position"])
+    rows = []
+    for size in [s["size"] for s in res["sizes"]]:
+        cs = curves[size]
+        if len(cs) < 3:
+            continue
+        length = min(len(c) for c in cs)
+        bands = [(a, b or length) for a, b in BANDS if a < length]
+        for (a0, b0), (a1, b1) in zip(bands, bands[1:], strict=False):
+            first, second = ([float(np.mean(c[a:b])) for c in cs] for a, b in ((a0, b0), (a1, b1)))
+            diff = float(np.mean(second) - np.mean(first))
+            rows.append((size, _band(a1, b1), _band(a0, b0), diff, stats.ttest_rel(second, first).pvalue, len(cs)))
+    if not rows:
+        return []
+    holm = multipletests([r[4] for r in rows], method="holm")[1]
+    return [
+        f"{size}: {later} against {earlier}: {diff:+.4f}, paired t over {n} seeds p = {p:.2g} (Holm {h:.2g})"
+        for (size, later, earlier, diff, p, n), h in zip(rows, holm, strict=True)
+    ]
+
+
+def _band(a: int, b: int) -> str:
+    return f"position {a}" if b == a + 1 else f"positions {a}–{b - 1}"
+
+
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -186,6 +220,8 @@ def main() -> None:
         print("\n".join(bonus))
     print("\ngap by position (mean over seeds; 95% CI over seeds)\n")
     print("\n".join(band_table(res)))
+    print("\nthe gap between neighbouring bands\n")
+    print("\n".join(band_tests(res)))
     if args.png:
         Path(args.png).write_bytes(api.call("GET", f"/v1/sweeps/{args.sweep_id}/results.png").content)
         print(f"\nplot: {args.png}")
