@@ -97,11 +97,22 @@ def pair_table(res: dict) -> list[str]:
     return lines
 
 
-def band_table(res: dict) -> list[str]:
-    """The gap by position band, mean over seeds with its 95% interval over seeds."""
+def _curves(res: dict) -> dict[str, list[list[float]]]:
+    """Each size's gap-per-position curves, one per pair (seed)."""
     curves: dict[str, list[list[float]]] = defaultdict(list)
     for pair in res["pairs"]:
         curves[pair["size"]].append(pair["gap_per_position"])
+    return curves
+
+
+def _band_means(curves: list[list[float]], a: int, b: int | None) -> list[float]:
+    """Each seed's gap averaged over positions a..b-1 (to the end where b is None)."""
+    return [float(np.mean(c[a:b])) for c in curves]
+
+
+def band_table(res: dict) -> list[str]:
+    """The gap by position band, mean over seeds with its 95% interval over seeds."""
+    curves = _curves(res)
     length = min(len(c) for cs in curves.values() for c in cs)
     bands = [(a, b) for a, b in BANDS if a < length]
     names = [f"position {a}" if b == a + 1 else f"{a}–{(b or 0) - 1}" if b else f"{a}–end" for a, b in bands]
@@ -110,8 +121,7 @@ def band_table(res: dict) -> list[str]:
     for size in [s["size"] for s in res["sizes"]]:
         cells = []
         for a, b in bands:
-            per_seed = [float(np.mean(c[a:b])) for c in curves[size]]
-            mean, _, ci = mean_interval(per_seed)
+            mean, _, ci = mean_interval(_band_means(curves[size], a, b))
             cells.append(f"{mean:+.4f} {_ci(ci)}")
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
     return lines
@@ -124,9 +134,7 @@ def band_tests(res: dict) -> list[str]:
     from scipy import stats
     from statsmodels.stats.multitest import multipletests
 
-    curves: dict[str, list[list[float]]] = defaultdict(list)
-    for pair in res["pairs"]:
-        curves[pair["size"]].append(pair["gap_per_position"])
+    curves = _curves(res)
     rows = []
     for size in [s["size"] for s in res["sizes"]]:
         cs = curves[size]
@@ -135,7 +143,7 @@ def band_tests(res: dict) -> list[str]:
         length = min(len(c) for c in cs)
         bands = [(a, b or length) for a, b in BANDS if a < length]
         for (a0, b0), (a1, b1) in zip(bands, bands[1:], strict=False):
-            first, second = ([float(np.mean(c[a:b])) for c in cs] for a, b in ((a0, b0), (a1, b1)))
+            first, second = _band_means(cs, a0, b0), _band_means(cs, a1, b1)
             diff = float(np.mean(second) - np.mean(first))
             rows.append((size, _band(a1, b1), _band(a0, b0), diff, stats.ttest_rel(second, first).pvalue, len(cs)))
     if not rows:

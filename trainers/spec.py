@@ -211,7 +211,10 @@ class TrainSpec(Strict):
     steps: int = Field(1000, ge=1, le=10_000_000)
     seq_len: int = Field(64, ge=2, le=2048)
     micro_batch: int = Field(
-        8, ge=1, le=65_536, description="sequences per worker per forward; micro_batch × seq_len ≤ 4,194,304 tokens"
+        8,
+        ge=1,
+        le=65_536,
+        description=f"sequences per worker per forward; micro_batch × seq_len ≤ {MAX_TOKENS_PER_FORWARD:,} tokens",
     )
     global_batch: int = Field(32, ge=1, le=1_048_576, description="sequences per optimizer step, all workers together")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
